@@ -1,0 +1,174 @@
+"""Every setting and default, as frozen dataclasses that validate themselves. No TensorFlow.
+
+The CLI builds one config from its flags and hands it down; typer reads its defaults from
+here, so each default lives in one place. `to_json`/`from_json` round-trip a run's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retrain.errors import ConfigError
+
+CIFAR_DATASETS = ("cifar10", "cifar100")
+LABEL_MODES = ("fine", "coarse")
+IMAGE_FORMATS = ("png", "jpg")
+AUGMENTATIONS = ("flip", "crop", "rotation", "brightness", "contrast")
+FREEZE_WORDS = ("auto", "all", "none")
+CLASS_WEIGHTS = ("auto", "none")
+
+
+def _positive(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be a positive number", value,
+                          "pass a value above 0")
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}",
+                          value, "pick one of those")
+
+
+class _JsonMixin:
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} settings", ", ".join(unknown),
+                              "remove them or use the retrain version that wrote them")
+        tuples = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}
+        return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v
+                      for k, v in values.items()})
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class PrepareConfig(_JsonMixin):
+    """Settings of `retrain prepare-cifar`."""
+
+    dataset: str = "cifar10"
+    label_mode: str = "fine"
+    root: str = "data"
+    source: str | None = None  # None: the official archive URL
+    md5: str | None = None
+    validation_size: int | None = None  # None: 10% of each class
+    image_format: str = "png"
+    seed: int = 0
+    force: bool = False
+    workers: int = 0  # 0: one per CPU core
+
+    def __post_init__(self):
+        _one_of("dataset", self.dataset, CIFAR_DATASETS)
+        _one_of("label_mode", self.label_mode, LABEL_MODES)
+        _one_of("image_format", self.image_format, IMAGE_FORMATS)
+        if self.label_mode != "fine" and self.dataset != "cifar100":
+            raise ConfigError("--label-mode applies to cifar100 only", self.label_mode,
+                              "drop --label-mode or pass --dataset cifar100")
+        if self.validation_size is not None and (
+                not isinstance(self.validation_size, int) or self.validation_size < 0):
+            raise ConfigError("--validation-size must be a whole number of images per class, 0 or more",
+                              self.validation_size, "pass for example --validation-size 500")
+        if self.md5 is not None and (len(self.md5) != 32 or
+                                     any(c not in "0123456789abcdef" for c in self.md5.lower())):
+            raise ConfigError("--md5 must be 32 hexadecimal digits", self.md5,
+                              "copy the checksum from the mirror's listing")
+
+    @property
+    def output_name(self) -> str:
+        """The dataset folder under `root`: cifar10, cifar100 or cifar100_coarse."""
+        return "cifar100_coarse" if self.label_mode == "coarse" else self.dataset
+
+
+@dataclass(frozen=True)
+class FitConfig(_JsonMixin):
+    """Settings of `retrain fit`: the data, the backbone, the two training phases, the run."""
+
+    data: str = "data/cifar10"
+    backbone: str = "mobilenet_v2"
+    alpha: float | None = None  # None: the backbone's default width (1.0)
+    weights: str = "imagenet"  # imagenet | none | path to a .h5 / .weights.h5 file
+    image_size: int | None = None  # None: the backbone's native size
+    freeze: str = "auto"  # auto | all | none | layer count | layer name
+    augment: tuple[str, ...] = ()
+    epochs: int = 5
+    fine_tune_epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    dropout_rate: float = 0.2
+    label_smoothing: float = 0.0
+    validation_split: float = 0.2
+    class_weight: str = "auto"
+    seed: int = 0
+    runs_dir: str = "checkpoints"
+    name: str | None = None  # None: <backbone>-<time>
+    keep_checkpoints: int = 3
+    save_every_steps: int | None = None
+    init_from: str | None = None
+    deterministic: bool = True  # op determinism: same seed, same result (exact resume)
+
+    def __post_init__(self):
+        for name in ("epochs", "fine_tune_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more", value,
+                                  "pass a whole number of epochs")
+        if self.epochs + self.fine_tune_epochs == 0:
+            raise ConfigError("there is nothing to train: --epochs and --fine-tune-epochs are both 0",
+                              0, "pass --epochs 1 or more")
+        for name in ("batch_size", "learning_rate", "fine_tune_learning_rate", "keep_checkpoints"):
+            _positive(name, getattr(self, name))
+        _positive("alpha", self.alpha, allow_none=True)
+        _positive("save_every_steps", self.save_every_steps, allow_none=True)
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
+            raise ConfigError("--image-size must be a whole number of pixels", self.image_size,
+                              "pass for example --image-size 224")
+        if not 0 <= self.dropout_rate < 1:
+            raise ConfigError("--dropout-rate must be in [0, 1)", self.dropout_rate, "pass for example 0.2")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("--label-smoothing must be in [0, 1)", self.label_smoothing,
+                              "pass for example 0.1")
+        if not 0 < self.validation_split < 1:
+            raise ConfigError("--validation-split must be between 0 and 1", self.validation_split,
+                              "pass for example 0.2")
+        _one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
+        for aug in self.augment:
+            _one_of("augment", aug, AUGMENTATIONS)
+        if self.freeze.lower() in FREEZE_WORDS and self.freeze != self.freeze.lower():
+            object.__setattr__(self, "freeze", self.freeze.lower())
+        if self.freeze.lstrip("-").isdigit() and int(self.freeze) < 0:
+            raise ConfigError("--freeze must be auto, all, none, a layer count or a layer name",
+                              self.freeze, "pass a count of 0 or more")
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ConfigError("--name must be a plain folder name", self.name,
+                              "pass a name without slashes, for example --name cifar-mnv2")
+
+    @property
+    def weights_path(self) -> Path | None:
+        """The weights file, when `weights` names one."""
+        return None if self.weights in ("imagenet", "none") else Path(self.weights)
+
+
+def parse_list(text: str | None) -> tuple[str, ...]:
+    """'flip, crop' -> ('flip', 'crop'); empty or None -> ()."""
+    if not text:
+        return ()
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())

@@ -1,0 +1,104 @@
+"""Download a file over HTTP(S) with a progress bar, Range resume, retries and an md5 check.
+
+Written by hand because no library at hand resumes with a Range request: a cut-off download
+leaves `<file>.part`, and the next attempt (or the next run) asks only for the missing bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from retrain.errors import DownloadError
+from retrain.progress import bar, say
+
+CHUNK = 1 << 20
+USER_AGENT = "retrain/0.1 (+python urllib)"
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://", "file://"))
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(url: str, dest: Path, retries: int = 4, backoff: float = 1.0,
+          timeout: float = 30.0) -> Path:
+    """Download `url` to `dest`, resuming `dest.part` if an earlier attempt left one.
+
+    Transient failures (connection errors, time-outs, a server cutting the stream, 5xx)
+    are retried `retries` times, waiting `backoff`, 2x`backoff`, ... seconds; each retry
+    resumes where the last one stopped. `dest` appears only once complete.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _download_once(url, part, timeout)
+            os.replace(part, dest)
+            return dest
+        except urllib.error.HTTPError as err:
+            if err.code < 500 and err.code not in (408, 429):
+                raise DownloadError(f"the server refused the download with HTTP {err.code} {err.reason}",
+                                    url, "check the URL, or pass --source with a local archive") from None
+            problem = f"HTTP {err.code}"
+        except (urllib.error.URLError, http.client.HTTPException, socket.timeout,
+                ConnectionError, _CutOff) as err:
+            problem = str(getattr(err, "reason", None) or err) or type(err).__name__
+        if attempt < retries:
+            wait = backoff * 2 ** attempt
+            say(f"download interrupted ({problem}); retrying in {wait:g} s, resuming from "
+                f"{part.stat().st_size if part.exists() else 0:,} bytes")
+            time.sleep(wait)
+    raise DownloadError(f"could not download after {retries + 1} attempts: {problem}", url,
+                        "check the network and rerun (the download resumes), or pass --source "
+                        "with a local archive or a mirror URL")
+
+
+class _CutOff(Exception):
+    """The server closed the stream before sending every byte it announced."""
+
+
+def _download_once(url: str, part: Path, timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": USER_AGENT}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # asked past the end: the part may already be whole
+            total = err.headers.get("Content-Range", "").rpartition("/")[2]
+            if total.isdigit() and int(total) == have:
+                return
+            part.unlink()
+            raise _CutOff("the partial file is longer than the server's") from None
+        raise
+    with response:
+        resumed = have and response.status == 206
+        if not resumed:
+            have = 0  # the server ignored the Range request (or none was sent): start over
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        name = Path(urllib.request.url2pathname(url.rsplit("/", 1)[-1])).name or "download"
+        with open(part, "ab" if resumed else "wb") as f, bar(f"download {name}", total, "bytes") as b:
+            b.reset(have, total)
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+                b.advance(len(chunk))
+            got = f.tell()
+    if total is not None and got < total:
+        raise _CutOff(f"got {got:,} of {total:,} bytes")
