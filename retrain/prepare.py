@@ -247,7 +247,7 @@ def locate_archive(config: PrepareConfig) -> tuple[Path, str, bool]:
                                 "pass an http(s):// URL or the path of a downloaded archive")
     md5 = md5sum(path)
     if expected and md5 != expected:
-        raise DownloadError(f"md5 mismatch for {path}: expected {expected}, got {md5}", md5,
+        raise DownloadError(f"md5 mismatch for {path}: expected {expected}", md5,
                             "the file is kept for inspection; delete it to download again, "
                             "or pass the right --md5")
     if not expected:
