@@ -7,18 +7,26 @@ so `retrain --help` and `retrain <command> --help` stay fast.
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from typing import Callable, Optional, TypeVar
 
 import typer
 
-from retrain.config import CIFAR_DATASETS, IMAGE_FORMATS, LABEL_MODES, PrepareConfig
+import dataclasses
+from pathlib import Path
+
+from retrain.config import (CIFAR_DATASETS, CLASS_WEIGHTS, IMAGE_FORMATS, LABEL_MODES, FitConfig,
+                            PrepareConfig, parse_list)
 from retrain.errors import ConfigError, RetrainError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn an ImageNet-pretrained backbone into a classifier for your own images.")
 _state = {"debug": False}
 _P = PrepareConfig()
+_F = FitConfig()
 T = TypeVar("T")
 
 
@@ -30,6 +38,7 @@ def _choices(name: str, values) -> type[enum.Enum]:
 Dataset = _choices("Dataset", CIFAR_DATASETS)
 LabelMode = _choices("LabelMode", LABEL_MODES)
 ImageFormat = _choices("ImageFormat", IMAGE_FORMATS)
+ClassWeight = _choices("ClassWeight", CLASS_WEIGHTS)
 
 
 def run(job: Callable[[], T]) -> T:
@@ -86,6 +95,96 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
         values = list(per_class.values())
         spread = f"{min(values):,}" if min(values) == max(values) else f"{min(values):,}-{max(values):,}"
         typer.echo(f"{split:<10} {sum(values):>7,} images, {len(values)} classes, {spread} per class")
+
+
+@app.command()
+def fit(
+    ctx: typer.Context,
+    data: str = typer.Option(_F.data, help="Image folder: train/<label>/ + validation/<label>/, "
+                             "or <label>/ split by --validation-split."),
+    backbone: str = typer.Option(_F.backbone, help="A name from `retrain backbones`, or "
+                                 "hub:<handle-or-SavedModel-folder>."),
+    alpha: Optional[float] = typer.Option(None, help="Width multiplier (MobileNets). Default 1.0."),
+    weights: str = typer.Option(_F.weights, help="imagenet (Keras' download and cache), none, "
+                                "or the path of a Keras .h5 / .weights.h5 file."),
+    image_size: Optional[int] = typer.Option(None, min=1, help="Pixels; default: the backbone's native size."),
+    freeze: str = typer.Option(_F.freeze, help="auto, all (head only), none, a count N (layers "
+                               "[0, N) frozen) or a layer name (frozen through it)."),
+    augment: str = typer.Option(",".join(_F.augment), help="Comma list of flip, crop, rotation, "
+                                "brightness, contrast."),
+    epochs: int = typer.Option(_F.epochs, min=0, help="Phase 1: epochs of the head on the frozen backbone."),
+    fine_tune_epochs: int = typer.Option(_F.fine_tune_epochs, min=0, help="Phase 2: epochs of fine-tuning."),
+    batch_size: int = typer.Option(_F.batch_size, min=1),
+    learning_rate: float = typer.Option(_F.learning_rate, help="Adam, phase 1."),
+    fine_tune_learning_rate: float = typer.Option(_F.fine_tune_learning_rate, help="Adam, phase 2."),
+    dropout_rate: float = typer.Option(_F.dropout_rate, help="Before the new dense layer."),
+    label_smoothing: float = typer.Option(_F.label_smoothing),
+    validation_split: float = typer.Option(_F.validation_split, help="Share of a single <label>/ "
+                                           "tree held out, by a hash of each file's path."),
+    class_weight: ClassWeight = typer.Option(_F.class_weight, help="auto balances imbalanced classes."),
+    seed: int = typer.Option(_F.seed),
+    runs_dir: str = typer.Option(_F.runs_dir, help="Where run folders go."),
+    name: Optional[str] = typer.Option(None, help="Run folder name. Default: <backbone>-<time>."),
+    keep_checkpoints: int = typer.Option(_F.keep_checkpoints, min=1, help="Last N checkpoints kept."),
+    save_every_steps: Optional[int] = typer.Option(None, min=1, help="Also checkpoint every K steps."),
+    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a run or checkpoint."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder where it stopped."),
+):
+    """Train a classifier: a new head on a pretrained backbone, then fine-tuning."""
+    given = {p for p in ctx.params
+             if ctx.get_parameter_source(p) is not None and ctx.get_parameter_source(p).name != "DEFAULT"}
+    values = dict(data=data, backbone=backbone, alpha=alpha, weights=weights, image_size=image_size,
+                  freeze=freeze, augment=parse_list(augment), epochs=epochs,
+                  fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
+                  fine_tune_learning_rate=fine_tune_learning_rate, dropout_rate=dropout_rate,
+                  label_smoothing=label_smoothing, validation_split=validation_split,
+                  class_weight=class_weight.value, seed=seed, runs_dir=runs_dir, name=name,
+                  keep_checkpoints=keep_checkpoints, save_every_steps=save_every_steps, init_from=init_from)
+    if resume is not None:
+        config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
+    else:
+        if name is None:
+            import time
+            values["name"] = f"{backbone.replace('hub:', 'hub-').replace('/', '_')[-40:]}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = run(lambda: FitConfig(**values))
+    from retrain.train import fit as job
+
+    run(lambda: job(config, resume=resume is not None))
+
+
+def _resumed_config(folder: Path, overrides: dict) -> FitConfig:
+    """The run's own config with the flags given now; train.fit refuses shape changes."""
+    from retrain.checkpoints import read_run
+
+    if "runs_dir" in overrides or "name" in overrides:
+        raise ConfigError("--resume names the run folder; --runs-dir and --name do not apply",
+                          str(folder), "drop --runs-dir and --name")
+    saved, _, _ = read_run(folder)
+    return dataclasses.replace(saved, runs_dir=str(folder.parent), name=folder.name, **overrides)
+
+
+@app.command()
+def backbones():
+    """List the backbones: native and minimum input size, parameters, feature width, freeze points."""
+    from retrain.backbones import REGISTRY
+
+    rows = run(lambda: _describe_backbones(REGISTRY))
+    typer.echo(f"{'name':<20}{'native':>7}{'min':>5}{'params':>12}{'features':>9}  freeze points")
+    for row in rows:
+        typer.echo(f"{row[0]:<20}{row[1]:>7}{row[2]:>5}{row[3]:>12,}{row[4]:>9}  {row[5]}")
+    typer.echo("hub:<handle-or-path>  a TF Hub image feature-vector module (224 px by default; "
+               "freeze all or none)")
+
+
+def _describe_backbones(registry):
+    from retrain.model import build_backbone
+
+    rows = []
+    for spec in registry.values():
+        model = build_backbone(spec, spec.native_size, None, "none")
+        rows.append((spec.name, spec.native_size, spec.min_size, model.count_params(),
+                     model.output_shape[-1], ", ".join(spec.freeze_points)))
+    return rows
 
 
 def main() -> None:

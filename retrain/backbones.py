@@ -1,0 +1,101 @@
+"""The backbone registry: name -> spec (builder, sizes, preprocessing, named freeze points).
+
+Keras applications give the networks and their ImageNet weights; `hub:<handle-or-path>`
+gives a TF Hub image feature-vector module wrapped in a Keras 3 layer (no tf_keras).
+Specs are plain data, so listing them and checking flags needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retrain.errors import BackboneError
+
+HUB_PREFIX = "hub:"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What `retrain` needs to know about a backbone before building it."""
+
+    name: str
+    builder: str  # keras.applications attribute, "tiny_cnn", or "" for a hub module
+    native_size: int
+    min_size: int
+    preprocessing: str  # "tf": to [-1, 1]; "unit": to [0, 1]; "none": the network does its own
+    alphas: tuple[float, ...] = ()  # width multipliers Keras has weights for; () = no --alpha
+    freeze_points: tuple[str, ...] = ()  # block outputs, bottom to top: "--freeze NAME" freezes through NAME
+    auto_points: tuple[str, str] | None = None  # (medium data, large data) for --freeze auto
+    handle: str = ""  # hub handle or path
+
+    @property
+    def is_hub(self) -> bool:
+        return bool(self.handle)
+
+
+REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in (
+    BackboneSpec("inception_v3", "InceptionV3", 299, 75, "tf",
+                 freeze_points=tuple(f"mixed{i}" for i in range(10)),
+                 auto_points=("mixed8", "mixed4")),
+    BackboneSpec("mobilenet", "MobileNet", 224, 32, "tf", alphas=(0.25, 0.5, 0.75, 1.0),
+                 freeze_points=tuple(f"conv_pw_{i}_relu" for i in (1, 3, 5, 7, 9, 11, 12)),
+                 auto_points=("conv_pw_11_relu", "conv_pw_5_relu")),
+    BackboneSpec("mobilenet_v2", "MobileNetV2", 224, 32, "tf",
+                 alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+                 freeze_points=("block_2_add", "block_5_add", "block_9_add", "block_12_add",
+                                "block_15_add", "block_16_project_BN"),
+                 auto_points=("block_12_add", "block_5_add")),
+    BackboneSpec("mobilenet_v3_small", "MobileNetV3Small", 224, 32, "none", alphas=(0.75, 1.0),
+                 freeze_points=("expanded_conv_2_add", "expanded_conv_4_add", "expanded_conv_5_add",
+                                "expanded_conv_7_add", "expanded_conv_9_add", "expanded_conv_10_add"),
+                 auto_points=("expanded_conv_7_add", "expanded_conv_2_add")),
+    BackboneSpec("mobilenet_v3_large", "MobileNetV3Large", 224, 32, "none", alphas=(0.75, 1.0),
+                 freeze_points=("expanded_conv_2_add", "expanded_conv_5_add", "expanded_conv_9_add",
+                                "expanded_conv_11_add", "expanded_conv_13_add", "expanded_conv_14_add"),
+                 auto_points=("expanded_conv_11_add", "expanded_conv_5_add")),
+    BackboneSpec("efficientnet_b0", "EfficientNetB0", 224, 32, "none",
+                 freeze_points=("block2b_add", "block3b_add", "block4c_add", "block5c_add",
+                                "block6d_add"),
+                 auto_points=("block5c_add", "block3b_add")),
+    # A small conv net (three conv-BN-ReLU blocks) trained from scratch: for small images,
+    # quick experiments and the test suite.
+    BackboneSpec("tiny_cnn", "tiny_cnn", 32, 8, "unit",
+                 freeze_points=("block1_out", "block2_out"), auto_points=("block2_out", "block1_out")),
+)}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec for a registry name or `hub:<handle-or-path>`."""
+    if name.startswith(HUB_PREFIX):
+        handle = name[len(HUB_PREFIX):]
+        if not handle:
+            raise BackboneError("--backbone hub: needs a handle or a path", name,
+                                "pass for example hub:/path/to/saved_model")
+        return BackboneSpec(name, "", 224, 8, "unit", handle=handle)
+    if name not in REGISTRY:
+        raise BackboneError(f"unknown backbone; known: {', '.join(REGISTRY)}, hub:<handle>", name,
+                            "run `retrain backbones` to list them")
+    return REGISTRY[name]
+
+
+def check_alpha(spec: BackboneSpec, alpha: float | None, weights: str) -> float | None:
+    """The width multiplier to build with; refuses one the backbone (or its weights) lacks."""
+    if alpha is None:
+        return None
+    if not spec.alphas:
+        raise BackboneError(f"{spec.name} has no width multiplier", alpha, "drop --alpha")
+    if weights == "imagenet" and alpha not in spec.alphas:
+        raise BackboneError(f"{spec.name} has ImageNet weights only for --alpha "
+                            f"{', '.join(map(str, spec.alphas))}", alpha,
+                            "pick one of those, or pass --weights none")
+    return alpha
+
+
+def check_image_size(spec: BackboneSpec, image_size: int | None) -> int:
+    """The image size to use: the native one by default, never below the minimum."""
+    size = image_size or spec.native_size
+    if size < spec.min_size:
+        raise BackboneError(f"--image-size is below {spec.name}'s minimum of {spec.min_size} px",
+                            size, f"pass --image-size {spec.min_size} or more")
+    return size
+

@@ -1,0 +1,69 @@
+"""The two Keras callbacks Keras lacks for exact resume: per-epoch random state, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+
+
+def seed_value(seed: int, epoch: int, index: int) -> list[int]:
+    """The generator state of random layer `index` at the start of `epoch`."""
+    return [(seed * 1_000_003 + index * 7_919 + epoch * 104_729) % (2 ** 31), 0]
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Sets each random layer's generator (Dropout, augmentations) from (seed, epoch) at every
+    epoch start, so an epoch's dropout masks and augmentations do not depend on the process
+    that ran the epochs before it."""
+
+    def __init__(self, seed_vars: list, seed: int, skip_first: bool = False):
+        super().__init__()
+        self.seed_vars, self.seed, self.skip = seed_vars, seed, skip_first
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.skip:  # a mid-epoch resume restored the generators' state itself
+            self.skip = False
+            return
+        for i, v in enumerate(self.seed_vars):
+            v.assign(np.asarray(seed_value(self.seed, epoch, i), dtype=v.dtype))
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+    """Saves after every epoch (and every `every_steps` steps) through the trainer's managers;
+    also into `best` when validation loss improves. Checkpoints are numbered by global step."""
+
+    def __init__(self, state: dict, manager, best, steps_per_epoch: int, every_steps: int | None,
+                 first_step: int = 0, on_epoch_saved: Callable[[int], None] | None = None):
+        super().__init__()
+        self.state, self.manager, self.best = state, manager, best
+        self.steps, self.every = steps_per_epoch, every_steps
+        self.offset = first_step  # steps of the current epoch done before this fit call
+        self.epoch = 0
+        self.on_epoch_saved = on_epoch_saved
+
+    def _number(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self.offset + batch + 1
+        if self.every and done % self.every == 0 and done < self.steps:
+            self.state["epoch"].assign(self.epoch)
+            self.state["step"].assign(done)
+            self.manager.save(checkpoint_number=self._number())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offset = 0
+        self.state["epoch"].assign(epoch + 1)
+        self.state["step"].assign(0)
+        val_loss = float((logs or {}).get("val_loss", np.inf))
+        if val_loss < self.state["best_val_loss"].numpy():
+            self.state["best_val_loss"].assign(val_loss)
+            self.best.save(checkpoint_number=self._number())
+        self.manager.save(checkpoint_number=self._number())
+        if self.on_epoch_saved:
+            self.on_epoch_saved(epoch + 1)

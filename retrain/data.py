@@ -1,0 +1,190 @@
+"""Image folders -> checked file lists with a stable split -> tf.data pipelines.
+
+Scanning and checking need no TensorFlow, so a bad folder is reported before anything heavy
+loads. Layouts: `DIR/train/<label>/` + `DIR/validation/<label>/` (what prepare-cifar writes;
+`DIR/test/` is left for evaluation), or one `DIR/<label>/` tree split by a hash of each
+file's relative path, so an image stays on its side when others are added (as retrain.py did).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from retrain.errors import DatasetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+DECODABLE = {"JPEG", "PNG", "BMP", "GIF"}  # what tf.io.decode_image reads
+SHOWN_SKIPPED = 5
+
+
+@dataclass(frozen=True)
+class Split:
+    files: tuple[str, ...]
+    labels: np.ndarray  # int, index into class_names
+
+    def counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes)
+
+
+@dataclass(frozen=True)
+class ImageFolders:
+    """A checked dataset: class names (sorted folder names), train and validation files."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    train: Split
+    validation: Split
+    skipped: tuple[str, ...]  # unreadable files, left out
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = {}
+    for name in classes:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(folder / name):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [Path(dirpath) / f for f in sorted(filenames)
+                      if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        found[name] = files
+    return found
+
+
+def _readable(path: Path) -> bool:
+    """Cheap check that TensorFlow can decode the file: its header parses and, for PNG and
+    GIF, its chunks verify. Catches empty, truncated and mislabelled files."""
+    try:
+        with Image.open(path) as image:
+            if image.format not in DECODABLE:
+                return False
+            image.verify()
+        return True
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return False
+
+
+def in_validation(relative_path: str, fraction: float) -> bool:
+    """Stable hash split: a file's side depends on its own path only."""
+    digest = int(hashlib.sha1(relative_path.encode("utf-8")).hexdigest(), 16)
+    return (digest % 1_000_000) / 1_000_000 < fraction
+
+
+def _to_split(pairs: list[tuple[Path, int]]) -> Split:
+    return Split(tuple(str(p) for p, _ in pairs), np.asarray([c for _, c in pairs], dtype=np.int64))
+
+
+def load_folders(data_dir: str | Path, validation_split: float) -> ImageFolders:
+    """Scan, split and check an image folder; one clear DatasetError for what would fail later."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DatasetError("the data folder does not exist", str(root),
+                           "pass --data with a folder of <label>/ or train/<label>/ subfolders")
+    if (root / "train").is_dir() and (root / "validation").is_dir():
+        sides = {"train": _class_files(root / "train"), "validation": _class_files(root / "validation")}
+        lacking = set(sides["train"]) ^ set(sides["validation"])
+        if lacking:
+            raise DatasetError("train/ and validation/ must hold the same classes; only one has",
+                               ", ".join(sorted(lacking)), "add the missing class folders or remove them")
+    else:
+        tree = _class_files(root / "train" if (root / "train").is_dir() else root)
+        sides = {"train": {c: [] for c in tree}, "validation": {c: [] for c in tree}}
+        for name, files in tree.items():
+            for f in files:
+                side = "validation" if in_validation(f.relative_to(root).as_posix(), validation_split) else "train"
+                sides[side][name].append(f)
+    names = tuple(sides["train"])
+    if len(names) < 2:
+        raise DatasetError("a classifier needs at least 2 class folders", f"{len(names)} in {root}",
+                           "add a subfolder of images for each class")
+    every = [f for side in sides.values() for files in side.values() for f in files]
+    with ThreadPoolExecutor(8) as pool:
+        bad = {f for f, ok in zip(every, pool.map(_readable, every)) if not ok}
+    pairs = {side: [(f, i) for i, n in enumerate(names) for f in sides[side][n] if f not in bad]
+             for side in sides}
+    for side, listing in pairs.items():
+        counts = np.bincount([c for _, c in listing], minlength=len(names))
+        empty = [names[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise DatasetError(f"classes with no readable {side} images", ", ".join(empty[:10]),
+                               "add images to them" + (", or raise --validation-split"
+                                                       if side == "validation" else ""))
+    return ImageFolders(root, names, _to_split(pairs["train"]), _to_split(pairs["validation"]),
+                        tuple(sorted(str(f) for f in bad)))
+
+
+def describe_skipped(skipped: tuple[str, ...]) -> str:
+    shown = ", ".join(skipped[:SHOWN_SKIPPED])
+    more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+    return f"skipped {len(skipped)} unreadable image(s): {shown}{more}"
+
+
+def class_weights(split: Split, num_classes: int) -> dict[int, float]:
+    """Balanced weights, n / (classes * n_c): each class counts the same in the loss."""
+    counts = split.counts(num_classes)
+    return {i: float(len(split.labels) / (num_classes * c)) for i, c in enumerate(counts)}
+
+
+# --- tf.data -----------------------------------------------------------------------------
+
+def _loader(image_size: int, num_classes: int):
+    import tensorflow as tf
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.resize(image, (image_size, image_size))  # float32, still 0-255
+        image.set_shape((image_size, image_size, 3))
+        return image, tf.one_hot(label, num_classes)
+
+    return load
+
+
+def _files_dataset(split: Split):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((list(split.files), split.labels))
+
+
+def eval_dataset(split: Split, num_classes: int, image_size: int, batch_size: int):
+    """Decode, resize, batch, prefetch; fixed order."""
+    import tensorflow as tf
+
+    ds = _files_dataset(split).map(_loader(image_size, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_dataset(split: Split, num_classes: int, image_size: int, batch_size: int, seed: int,
+                  first_epoch: int, end_epoch: int, skip_batches: int = 0):
+    """Epochs [first_epoch, end_epoch) back to back, each shuffled with its own seed.
+
+    Seeding each epoch (seed + epoch) rather than reshuffling one dataset each iteration
+    means a resumed run replays exactly the order the uninterrupted run would have seen.
+    `skip_batches` drops the first batches of `first_epoch` (a resume from mid-epoch).
+    """
+    import tensorflow as tf
+
+    load = _loader(image_size, num_classes)
+    files = _files_dataset(split)
+    ds = None
+    for epoch in range(first_epoch, end_epoch):
+        one = files.shuffle(len(split.files), seed=seed * 100_003 + epoch)
+        if epoch == first_epoch and skip_batches:
+            one = one.skip(skip_batches * batch_size)
+        # Batch within the epoch, so no batch straddles two epochs.
+        one = one.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(batch_size)
+        ds = one if ds is None else ds.concatenate(one)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(split: Split, batch_size: int) -> int:
+    return -(-len(split.files) // batch_size)

@@ -1,0 +1,206 @@
+"""Backbone + new head as one Keras model that takes raw 0-255 pixels; freezing.
+
+The backbone is a nested Keras model called with `training=False`, so its BatchNorm layers
+stay in inference mode while frozen and while fine-tuning (the Keras transfer-learning guide).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from retrain.backbones import BackboneSpec
+from retrain.errors import BackboneError, ConfigError
+
+# --freeze auto: the thresholds on the smallest class's training images.
+AUTO_HEAD_ONLY_BELOW = 100  # fewer: fine-tuning would overfit; train the head on frozen features
+AUTO_MOST_FROM = 1000  # this many or more: fine-tune most of the network
+
+
+@keras.saving.register_keras_serializable(package="retrain")
+class HubFeatureVector(keras.layers.Layer):
+    """A TF Hub image feature-vector module as a Keras 3 layer that tracks its variables.
+
+    `hub.KerasLayer` needs tf_keras; this loads the module with `tensorflow_hub.load` and
+    wraps each of its variables (the same objects, not copies) as Keras variables, as Keras'
+    own TFSMLayer does, so they train, freeze and save with the model. Input: [0, 1] floats.
+    """
+
+    def __init__(self, handle: str, **kwargs):
+        super().__init__(**kwargs)
+        import tensorflow_hub as hub
+
+        self.handle = handle
+        try:
+            self._module = hub.load(handle)
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            raise BackboneError(f"cannot load the TF Hub module: {str(err).splitlines()[0]}", handle,
+                                "pass a hub handle reachable from here or a local SavedModel folder") from None
+        if not callable(self._module):
+            raise BackboneError("the TF Hub module is not callable (not a TF2 feature-vector module)",
+                                handle, "pass an image feature-vector module")
+        trainable = {id(v) for v in getattr(self._module, "trainable_variables", ())}
+        for v in getattr(self._module, "variables", ()):
+            self._track_variable(keras.Variable(v, trainable=id(v) in trainable,
+                                                name=v.name.split(":")[0].replace("/", "_")))
+        try:
+            self._takes_training = "training" in inspect.signature(self._module.__call__).parameters
+        except (TypeError, ValueError):
+            self._takes_training = False
+        self._build_at_init()
+
+    def call(self, images):
+        # Always inference mode inside the module, as for Keras backbones (BatchNorm stays put).
+        return self._module(images, training=False) if self._takes_training else self._module(images)
+
+    def compute_output_shape(self, input_shape):
+        return self.compute_output_spec(keras.KerasTensor(input_shape)).shape
+
+    def get_config(self):
+        return {**super().get_config(), "handle": self.handle}
+
+
+def _tiny_cnn(size: int) -> keras.Model:
+    inputs = keras.Input((size, size, 3))
+    x = inputs
+    for i, filters in enumerate((8, 16, 32), 1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_out")(x)
+        if i < 3:
+            x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="tiny_cnn")
+
+
+def build_backbone(spec: BackboneSpec, image_size: int, alpha: float | None, weights: str) -> keras.Model:
+    """The backbone without its top, with `weights` = imagenet, none or a .h5 file path."""
+    if spec.is_hub:
+        inputs = keras.Input((image_size, image_size, 3))
+        return keras.Model(inputs, HubFeatureVector(spec.handle, name="hub")(inputs), name="hub_backbone")
+    if spec.builder == "tiny_cnn":
+        model = _tiny_cnn(image_size)
+    else:
+        kwargs = {"include_top": False, "input_shape": (image_size, image_size, 3),
+                  "weights": "imagenet" if weights == "imagenet" else None}
+        if alpha is not None:
+            kwargs["alpha"] = alpha
+        try:
+            model = getattr(keras.applications, spec.builder)(**kwargs)
+        except Exception as err:  # noqa: BLE001 - Keras raises plain Exception when a download fails
+            if weights != "imagenet":
+                raise
+            raise BackboneError(f"cannot get {spec.name}'s ImageNet weights: {str(err).splitlines()[0]}",
+                                weights, "put Keras' weights file in ~/.keras/models/ or pass "
+                                "--weights PATH to a .h5 file") from None
+    if weights == "imagenet" and spec.builder == "tiny_cnn":
+        raise BackboneError("tiny_cnn has no ImageNet weights", weights, "pass --weights none")
+    if weights not in ("imagenet", "none"):
+        load_weights_file(model, spec, Path(weights))
+    return model
+
+
+def load_weights_file(model: keras.Model, spec: BackboneSpec, path: Path) -> None:
+    try:
+        model.load_weights(str(path))
+    except (ValueError, OSError, KeyError) as err:
+        raise BackboneError(f"the weights file does not fit {spec.name}: {str(err).splitlines()[0][:200]}",
+                            path, "pass the weights file made for this backbone and --alpha") from None
+
+
+def preprocessing(spec: BackboneSpec) -> keras.layers.Layer | None:
+    """The backbone's own input scaling, as a layer inside the model (so exports take 0-255)."""
+    if spec.preprocessing == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")
+    if spec.preprocessing == "unit":
+        return keras.layers.Rescaling(1 / 255, name="preprocess")
+    return None
+
+
+def augmentation(names: tuple[str, ...], seed: int) -> keras.Sequential | None:
+    """Random augmentations on 0-255 images, active in training only."""
+    layers = {
+        "flip": lambda: [keras.layers.RandomFlip("horizontal", seed=seed)],
+        # A random crop of 80-100% of the image at a random place, resized back.
+        "crop": lambda: [keras.layers.RandomZoom((-0.2, 0.0), seed=seed + 1, fill_mode="reflect"),
+                         keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 2, fill_mode="reflect")],
+        "rotation": lambda: [keras.layers.RandomRotation(0.05, seed=seed + 3, fill_mode="reflect")],
+        "brightness": lambda: [keras.layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 4)],
+        "contrast": lambda: [keras.layers.RandomContrast(0.2, seed=seed + 5)],
+    }
+    if not names:
+        return None
+    return keras.Sequential([layer for name in names for layer in layers[name]()], name="augment")
+
+
+def build_classifier(spec: BackboneSpec, backbone: keras.Model, num_classes: int, image_size: int,
+                     dropout_rate: float, augment: tuple[str, ...], seed: int) -> keras.Model:
+    """Raw pixels -> [augment] -> preprocessing -> backbone (inference mode) -> pooled features
+    -> dropout -> dense softmax."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    for layer in (augmentation(augment, seed), preprocessing(spec)):
+        if layer is not None:
+            x = layer(x)
+    x = backbone(x, training=False)
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"retrain_{spec.name.replace(':', '_').replace('/', '_')}"[:60])
+
+
+def auto_freeze(spec: BackboneSpec, min_per_class: int) -> tuple[str, str]:
+    """--freeze auto: from the smallest class's training images to a freeze point, and why.
+
+    Few images: only the head trains on frozen features (fine-tuning would overfit them).
+    More: the top block(s) fine-tune too. Many: most of the network fine-tunes, the stem
+    and early blocks (generic edges and textures) stay frozen.
+    """
+    if spec.auto_points is None:
+        return "all", f"{spec.name} has no named blocks; the head trains on frozen features"
+    medium, large = spec.auto_points
+    if min_per_class < AUTO_HEAD_ONLY_BELOW:
+        return "all", (f"smallest class has {min_per_class} training images (< {AUTO_HEAD_ONLY_BELOW}): "
+                       "train the head only on frozen features")
+    if min_per_class < AUTO_MOST_FROM:
+        return medium, (f"smallest class has {min_per_class} training images "
+                        f"({AUTO_HEAD_ONLY_BELOW}-{AUTO_MOST_FROM - 1}): fine-tune the top blocks, after {medium}")
+    return large, (f"smallest class has {min_per_class} training images (>= {AUTO_MOST_FROM}): "
+                   f"fine-tune most of the network, after {large}")
+
+
+def resolve_freeze(freeze: str, spec: BackboneSpec, layer_names: list[str],
+                   min_per_class: int) -> tuple[int, str]:
+    """-> (how many backbone layers, in Keras order, stay frozen; why)."""
+    why = ""
+    if freeze == "auto":
+        freeze, why = auto_freeze(spec, min_per_class)
+    total = len(layer_names)
+    if freeze == "all":
+        return total, why or "--freeze all: the head trains on frozen features"
+    if freeze == "none":
+        return 0, "--freeze none: the whole network trains"
+    if freeze.isdigit():
+        count = int(freeze)
+        if count > total:
+            raise ConfigError(f"--freeze {count} is more than {spec.name}'s {total} layers", count,
+                              f"pass a count up to {total}, a layer name, all or none")
+        return count, f"--freeze {count}: layers [0, {count}) frozen, training from {layer_names[count] if count < total else 'the head'}"
+    if freeze in layer_names:
+        count = layer_names.index(freeze) + 1
+        return count, f"{why or '--freeze ' + freeze}: frozen through {freeze} (layers [0, {count}))"
+    points = ", ".join(spec.freeze_points) or "none (use all, none or a count)"
+    raise ConfigError(f"{spec.name} has no layer named {freeze}; its named freeze points: {points}",
+                      freeze, "pass one of those, a layer count, all, none or auto")
+
+
+def set_frozen(backbone: keras.Model, count: int) -> None:
+    """Freeze backbone layers [0, count); the rest train. Recompile afterwards."""
+    backbone.trainable = True  # resets every sub-layer; then freeze the bottom ones
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= count
+    if count >= len(backbone.layers):
+        backbone.trainable = False

@@ -1,0 +1,230 @@
+"""fit(config): the training story, top to bottom.
+
+check the data -> resolve backbone, size and freeze point -> open or resume the run folder ->
+build the model (inside a tf.distribute strategy scope) -> phase 1: the head on the frozen
+backbone -> phase 2: fine-tune above the freeze point at a lower learning rate -> model.keras.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrain import checkpoints as ckpts
+from retrain.backbones import check_alpha, check_image_size, get_spec
+from retrain.config import FitConfig
+from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, load_folders,
+                          steps_per_epoch, train_dataset)
+from retrain.errors import BackboneError
+from retrain.progress import say
+
+
+# The validation set's size is unknown to Keras (a file that fails to decode is dropped, not
+# fatal), so it learns the end of each validation pass by running out, and warns each time.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run: Path
+    model_path: Path
+    best_val_accuracy: float
+    epochs_done: int
+
+
+def fit(config: FitConfig, resume: bool = False) -> FitResult:
+    """Train (or, with resume, continue) the run `config.runs_dir/config.name`."""
+    run = Path(config.runs_dir) / config.name
+    # Cheap checks first: data, backbone name, size, weights file. No TensorFlow yet.
+    spec = get_spec(config.backbone)
+    alpha = check_alpha(spec, config.alpha, config.weights)
+    image_size = check_image_size(spec, config.image_size)
+    if config.weights_path is not None and not config.weights_path.is_file():
+        raise BackboneError("the weights file does not exist", config.weights,
+                            "pass --weights imagenet, none, or the path of a .h5 file")
+    data = load_folders(config.data, config.validation_split)
+    if data.skipped:
+        say(describe_skipped(data.skipped))
+    if resume:
+        saved, saved_labels, facts = ckpts.read_run(run)
+        ckpts.check_resume(saved, config, saved_labels, data.class_names)
+
+    import keras
+    import tensorflow as tf
+
+    from retrain import model as models
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = tf.distribute.get_strategy()  # the default one for now; a flag can choose later
+    with strategy.scope():
+        # Build without weights first: a bad freeze point is reported before weights load.
+        layer_names = [layer.name for layer in
+                       models.build_backbone(spec, image_size, alpha, "none").layers]
+        if not resume:
+            count, why = models.resolve_freeze(config.freeze, spec, layer_names,
+                                               int(data.train.counts(data.num_classes).min()))
+            facts = {"image_size": image_size, "freeze_layers": count, "freeze_reason": why,
+                     "backbone_layers": len(layer_names), "num_classes": data.num_classes,
+                     "train_images": len(data.train.files),
+                     "validation_images": len(data.validation.files),
+                     "deterministic": config.deterministic,
+                     "tensorflow": tf.__version__, "keras": keras.__version__}
+            ckpts.create_run(run, config, data.class_names, facts)
+        say(f"freeze: {facts['freeze_layers']} of {len(layer_names)} backbone layers "
+            f"({facts['freeze_reason']})")
+        backbone = models.build_backbone(spec, image_size, alpha, config.weights)
+        model = models.build_classifier(spec, backbone, data.num_classes, image_size,
+                                        config.dropout_rate, config.augment, config.seed)
+        if config.init_from and not resume:
+            _init_weights(model, Path(config.init_from))
+        trainer = _Trainer(config, run, model, backbone, data, image_size, facts["freeze_layers"])
+        trainer.run(ckpts.latest(run / "ckpt") if resume else None)
+    model_path = run / "model.keras"
+    tmp = run / ".model.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, model_path)
+    best = trainer.best_val_accuracy()
+    say(f"done: best validation accuracy {best:.4f}; model saved to {model_path}")
+    return FitResult(run, model_path, best, trainer.epochs_done)
+
+
+def _init_weights(model, source: Path) -> None:
+    import tensorflow as tf
+
+    prefix = ckpts.init_checkpoint(source)
+    status = tf.train.Checkpoint(model=model).restore(prefix)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as err:
+        raise ckpts.CheckpointError("--init-from holds weights of another model", prefix,
+                                    "start from a run with the same backbone, size and classes") from err
+    status.expect_partial()  # its optimizer is not wanted
+    say(f"initialised from {prefix}")
+
+
+class _Trainer:
+    """The two phases and their checkpoints, resumable from any epoch or step."""
+
+    def __init__(self, config: FitConfig, run: Path, model, backbone, data: ImageFolders,
+                 image_size: int, freeze_layers: int):
+        import tensorflow as tf
+
+        self.config, self.run_dir, self.model, self.backbone = config, run, model, backbone
+        self.data, self.image_size, self.freeze_layers = data, image_size, freeze_layers
+        self.steps = steps_per_epoch(data.train, config.batch_size)
+        self.val = eval_dataset(data.validation, data.num_classes, image_size, config.batch_size)
+        self.state = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+                      for name in ("phase", "epoch", "step", "phase_start")}
+        self.state["best_val_loss"] = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+        # Dropout's and the augmentations' random state: not in model.weights, so saved here.
+        self.seed_vars = [v for v in model.variables if "seed_generator_state" in v.path]
+        self.epochs_done = 0
+
+    def run(self, prefix: str | None) -> None:
+        # Resume decision order:
+        # 1. no checkpoint: phase 1 from epoch 0;
+        # 2. a phase-1 checkpoint: restore it into phase 1 (its optimizer), then go on in
+        #    phase 1, or switch to phase 2 if phase 1's epochs are done;
+        # 3. a phase-2 checkpoint: switch to phase 2 as an uninterrupted run would (unfreeze,
+        #    recompile with a fresh optimizer), then restore it. Restoring a phase-1 optimizer
+        #    into phase 2 would bring back phase 1's learning rate and step count.
+        state = ckpts.read_state(prefix) if prefix else None
+        if state:
+            say(f"resuming {self.run_dir} from {Path(prefix).name}: phase {state['phase']}, "
+                f"{state['epoch']} epochs and {state['step']} steps done")
+            ckpts.truncate_history(self.run_dir / "history.csv", state["epoch"])
+        self.epochs_done = state["epoch"] if state else 0
+        if state is None or state["phase"] == 1:
+            start, step = (state["epoch"], state["step"]) if state else (0, 0)
+            self._compile(1, self.backbone_layers, self.config.learning_rate)
+            if state:
+                self.checkpoint.restore(prefix).assert_existing_objects_matched()
+            phase1_end = max(self.config.epochs, start + (1 if step else 0))
+            self._fit(0, start, phase1_end, step)
+        else:
+            phase1_end = state["phase_start"]
+        if self.freeze_layers >= self.backbone_layers or self.config.fine_tune_epochs == 0:
+            return
+        self._compile(2, self.freeze_layers, self.config.fine_tune_learning_rate)
+        start, step = phase1_end, 0
+        if state and state["phase"] == 2:
+            self.checkpoint.restore(prefix).assert_existing_objects_matched()
+            start, step = state["epoch"], state["step"]
+        self._fit(phase1_end, start, phase1_end + self.config.fine_tune_epochs, step)
+
+    @property
+    def backbone_layers(self) -> int:
+        return len(self.backbone.layers)
+
+    def _compile(self, phase: int, frozen: int, learning_rate: float) -> None:
+        import keras
+        import tensorflow as tf
+
+        from retrain.model import set_frozen
+
+        set_frozen(self.backbone, frozen)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        if self.data.num_classes > 5:
+            metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"))
+        self.model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
+                           metrics=metrics)
+        self.model.optimizer.build(self.model.trainable_variables)  # so a restore fills it now
+        self.state["phase"].assign(phase)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer,
+                                              seeds={f"s{i}": v.value for i, v in enumerate(self.seed_vars)},
+                                              **self.state)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "ckpt"),
+                                                  max_to_keep=self.config.keep_checkpoints)
+        self.best = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "best"), max_to_keep=1)
+        trainable = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
+        say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:g}")
+
+    def _callbacks(self, step: int) -> list:
+        import keras
+
+        from retrain.callbacks import CheckpointSaver, EpochSeeds
+
+        return [keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
+                keras.callbacks.TensorBoard(str(self.run_dir / "logs"), write_graph=False),
+                EpochSeeds(self.seed_vars, self.config.seed, skip_first=bool(step)),
+                CheckpointSaver(self.state, self.manager, self.best, self.steps,
+                                self.config.save_every_steps, step, self._epoch_saved)]
+
+    def _epoch_saved(self, epochs_done: int) -> None:
+        self.epochs_done = epochs_done
+
+    def _fit(self, phase_start: int, start: int, end: int, step: int) -> None:
+        """Epochs [start, end) of the compiled phase; `step` steps of `start` are already done."""
+        if start >= end:
+            return
+        self.state["phase_start"].assign(phase_start)
+        weights = class_weights(self.data.train, self.data.num_classes) \
+            if self.config.class_weight == "auto" else None
+        verbose = 1 if sys.stdout.isatty() else 2
+        if step:  # finish the interrupted epoch on its own, then the rest
+            ds = train_dataset(self.data.train, self.data.num_classes, self.image_size,
+                               self.config.batch_size, self.config.seed, start, start + 1, step)
+            self.model.fit(ds, steps_per_epoch=self.steps - step, epochs=start + 1, initial_epoch=start,
+                           validation_data=self.val, class_weight=weights, shuffle=False,
+                           callbacks=self._callbacks(step), verbose=verbose)
+            start += 1
+        if start < end:
+            ds = train_dataset(self.data.train, self.data.num_classes, self.image_size,
+                               self.config.batch_size, self.config.seed, start, end)
+            self.model.fit(ds, steps_per_epoch=self.steps, epochs=end, initial_epoch=start,
+                           validation_data=self.val, class_weight=weights, shuffle=False,
+                           callbacks=self._callbacks(0), verbose=verbose)
+
+    def best_val_accuracy(self) -> float:
+        import csv
+
+        with open(self.run_dir / "history.csv", newline="") as f:
+            return max(float(row["val_accuracy"]) for row in csv.DictReader(f))

@@ -1,0 +1,51 @@
+"""Shared fixtures: small official-format CIFAR archives and a loopback HTTP server."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cifar_fixtures import CifarArchive, LoopbackServer, build_cifar10, build_cifar100
+
+
+@pytest.fixture(scope="session")
+def cifar10(tmp_path_factory) -> CifarArchive:
+    """CIFAR-10: 6 train images per class over data_batch_1..5, 2 test images per class."""
+    return build_cifar10(tmp_path_factory.mktemp("cifar10") / "cifar-10-python.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def cifar100(tmp_path_factory) -> CifarArchive:
+    """CIFAR-100 with 5 fine classes grouped in 2 coarse ones."""
+    return build_cifar100(tmp_path_factory.mktemp("cifar100") / "cifar-100-python.tar.gz")
+
+
+@pytest.fixture
+def make_cifar_archive(tmp_path_factory):
+    """Build a CIFAR-10 archive with the given options: make_cifar_archive(**build_cifar10 kwargs)."""
+
+    def make(name: str = "cifar-10-python.tar.gz", **kwargs) -> CifarArchive:
+        return build_cifar10(tmp_path_factory.mktemp("archive") / name, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A loopback HTTP server serving `<tmp>/www`; shut down at teardown."""
+    www = tmp_path / "www"
+    www.mkdir()
+    server = LoopbackServer(www)
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.thread.join(timeout=5)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
