@@ -42,8 +42,8 @@ class HubFeatureVector(keras.layers.Layer):
         if not callable(self._module):
             raise BackboneError("the TF Hub module is not callable (not a TF2 feature-vector module)",
                                 handle, "pass an image feature-vector module")
-        trainable = {id(v) for v in getattr(self._module, "trainable_variables", ())}
-        for v in getattr(self._module, "variables", ()):
+        variables, trainable = _module_variables(self._module)
+        for v in variables:
             self._track_variable(keras.Variable(v, trainable=id(v) in trainable,
                                                 name=v.name.split(":")[0].replace("/", "_")))
         try:
@@ -56,11 +56,21 @@ class HubFeatureVector(keras.layers.Layer):
         # Always inference mode inside the module, as for Keras backbones (BatchNorm stays put).
         return self._module(images, training=False) if self._takes_training else self._module(images)
 
-    def compute_output_shape(self, input_shape):
-        return self.compute_output_spec(keras.KerasTensor(input_shape)).shape
-
     def get_config(self):
         return {**super().get_config(), "handle": self.handle}
+
+
+def _module_variables(module) -> tuple[list, set[int]]:
+    """A hub module's variables and the ids of its trainable ones: its `variables` and
+    `trainable_variables` attributes (the TF Hub convention), else those its function uses."""
+    if hasattr(module, "variables"):
+        variables = list(module.variables)
+        return variables, {id(v) for v in getattr(module, "trainable_variables", variables)}
+    found, trainable = {}, set()
+    for concrete in getattr(module.__call__, "concrete_functions", ()):
+        found.update((id(v), v) for v in concrete.variables)
+        trainable.update(id(v) for v in concrete.trainable_variables)
+    return list(found.values()), trainable
 
 
 def _tiny_cnn(size: int) -> keras.Model:

@@ -1,0 +1,52 @@
+"""The command line stays light: help and the TensorFlow-free modules never import TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import typer.main
+
+from retrain.cli import app
+
+COMMANDS = sorted(typer.main.get_command(app).commands)  # every command registered right now
+
+
+def python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_commands_are_registered():
+    """The CLI registers prepare-cifar (and the loop below covers every other command too)."""
+    assert "prepare-cifar" in COMMANDS
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS], ids=["retrain", *COMMANDS])
+def test_help_does_not_import_tensorflow(command):
+    """`retrain [command] --help` exits 0 without importing TensorFlow."""
+    args = ([command] if command else []) + ["--help"]
+    done = python("import sys; from typer.testing import CliRunner; from retrain.cli import app; "
+                  f"r = CliRunner().invoke(app, {args!r}); "
+                  "assert r.exit_code == 0, r.output; assert 'Usage' in r.output, r.output; "
+                  "print('tensorflow' in sys.modules)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_python_dash_m_retrain_help():
+    """`python -m retrain --help` exits 0 and lists prepare-cifar."""
+    done = subprocess.run([sys.executable, "-m", "retrain", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "prepare-cifar" in done.stdout
+
+
+@pytest.mark.parametrize("module", ["retrain.config", "retrain.errors", "retrain.prepare",
+                                    "retrain.download", "retrain.progress"])
+def test_module_does_not_import_tensorflow(module):
+    """Config, errors and the prepare-cifar modules load without TensorFlow."""
+    done = python(f"import sys, {module}; print('tensorflow' in sys.modules)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
