@@ -120,7 +120,13 @@ def decode(members: dict[str, bytes], archive: Archive, label_mode: str):
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{archive.meta} has no '{names_key}' list", archive.meta,
                            "pass the python-version CIFAR archive as --source")
-    names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+    # Names become folder names: refuse any that could escape the root or collide.
+    bad = [n for n in names if n in ("", ".", "..") or any(c in n for c in "/\\\0")]
+    if bad or len(set(names)) != len(names):
+        raise DatasetError(f"{archive.meta} has label names that cannot be folder names "
+                           "(empty, duplicated, or with a path separator)",
+                           ", ".join(map(repr, bad or names))[:200], "use the official archive")
     splits = {}
     for split, batch_names in (("train", archive.train), ("test", archive.test)):
         images, labels = [], []
@@ -133,8 +139,14 @@ def decode(members: dict[str, bytes], archive: Archive, label_mode: str):
                 raise DatasetError(f"{batch_name} does not hold N x 3072 uint8 pixels with "
                                    f"'{label_key}'", batch_name, "pass the python-version CIFAR archive")
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            if not all(isinstance(v, int) for v in batch_labels):
+                raise DatasetError(f"{batch_name} has labels that are not whole numbers", batch_name,
+                                   "use the official archive or check the mirror")
             labels.append(np.asarray(batch_labels, dtype=np.int64))
         y = np.concatenate(labels)
+        if len(y) == 0:
+            raise DatasetError(f"the {split} batches hold no images", ", ".join(batch_names),
+                               "use the official archive or check the mirror")
         if y.min() < 0 or y.max() >= len(names):
             raise DatasetError(f"{split} labels fall outside the {len(names)} classes",
                                int(y.max()), "the archive is damaged; download it again")
@@ -214,7 +226,11 @@ def _already_done(out: Path, config: PrepareConfig) -> dict | None:
     manifest_path = out / "manifest.json"
     if config.force or not manifest_path.exists():
         return None
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        manifest["settings"], manifest["counts"], manifest["archive_md5"]  # all there?
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged manifest: redo the job, which rewrites it
     differ = {k: (manifest["settings"].get(k), v) for k, v in _settings(config).items()
               if manifest["settings"].get(k) != v}
     if differ:
