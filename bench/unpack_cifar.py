@@ -14,7 +14,7 @@ before each run; with --repeat N each setting runs N times and the fastest run i
                                            [--repeat N] [--verify]
 
 ARCHIVE defaults to /tmp/cifar/full/cifar-10-python.tar.gz, built by
-`/work/shared/tools/make_cifar_archive.py JPEG_ROOT OUT.tar.gz 5000 1000`, which also writes
+`../shared/tools/make_cifar_archive.py JPEG_ROOT OUT.tar.gz 5000 1000`, which also writes
 OUT.tar.gz.json holding the md5 (and a sha256 of every image's pixels, which --verify
 compares with the png files written by the first run).
 """

@@ -30,6 +30,30 @@ class EpochSeeds(keras.callbacks.Callback):
             v.assign(np.asarray(seed_value(self.seed, epoch, i), dtype=v.dtype))
 
 
+MAX_LOGS = 8
+
+
+def partial_logs(logs: dict) -> np.ndarray:
+    """The epoch's running training metrics so far, in sorted-name order, padded."""
+    values = [float(logs[k]) for k in sorted(logs)][:MAX_LOGS]
+    return np.asarray(values + [0.0] * (MAX_LOGS - len(values)))
+
+
+class CompleteResumedEpoch(keras.callbacks.Callback):
+    """After a mid-epoch resume, Keras' epoch metrics cover only the steps run since; this
+    folds in the running means saved with the checkpoint, weighted by samples (Keras' own
+    weighting), so history.csv gets the whole epoch's figures."""
+
+    def __init__(self, saved: np.ndarray, samples_before: int, samples_after: int):
+        super().__init__()
+        self.saved, self.before, self.after = saved, samples_before, samples_after
+
+    def on_epoch_end(self, epoch, logs=None):
+        train_keys = sorted(k for k in logs if not k.startswith("val_"))
+        for key, old in zip(train_keys, self.saved):
+            logs[key] = (old * self.before + float(logs[key]) * self.after) / (self.before + self.after)
+
+
 class CheckpointSaver(keras.callbacks.Callback):
     """Saves after every epoch (and every `every_steps` steps) through the trainer's managers;
     also into `best` when validation loss improves. Checkpoints are numbered by global step."""
@@ -54,6 +78,7 @@ class CheckpointSaver(keras.callbacks.Callback):
         if self.every and done % self.every == 0 and done < self.steps:
             self.state["epoch"].assign(self.epoch)
             self.state["step"].assign(done)
+            self.state["partial_logs"].assign(partial_logs(logs or {}))
             self.manager.save(checkpoint_number=self._number())
 
     def on_epoch_end(self, epoch, logs=None):

@@ -177,7 +177,8 @@ def train_dataset(split: Split, num_classes: int, image_size: int, batch_size: i
     files = _files_dataset(split)
     ds = None
     for epoch in range(first_epoch, end_epoch):
-        one = files.shuffle(len(split.files), seed=seed * 100_003 + epoch)
+        one = files.shuffle(len(split.files), seed=seed * 100_003 + epoch,
+                            reshuffle_each_iteration=False)
         if epoch == first_epoch and skip_batches:
             one = one.skip(skip_batches * batch_size)
         # Batch within the epoch, so no batch straddles two epochs.

@@ -1,7 +1,10 @@
 """Backbone + new head as one Keras model that takes raw 0-255 pixels; freezing.
 
-The backbone is a nested Keras model called with `training=False`, so its BatchNorm layers
-stay in inference mode while frozen and while fine-tuning (the Keras transfer-learning guide).
+BatchNorm stays in inference mode while frozen and while fine-tuning, as the Keras
+transfer-learning guide wants. The guide gets it by calling the backbone with
+`training=False`; we do that too, but Keras 3.15 lets the outer `fit`'s training=True
+override a nested model's recorded training=False (keras-team/keras#20285), so `set_frozen`
+also keeps every BatchNorm layer non-trainable, which in Keras 3 means inference mode.
 """
 
 from __future__ import annotations
@@ -211,6 +214,6 @@ def set_frozen(backbone: keras.Model, count: int) -> None:
     """Freeze backbone layers [0, count); the rest train. Recompile afterwards."""
     backbone.trainable = True  # resets every sub-layer; then freeze the bottom ones
     for i, layer in enumerate(backbone.layers):
-        layer.trainable = i >= count
+        layer.trainable = i >= count and not isinstance(layer, keras.layers.BatchNormalization)
     if count >= len(backbone.layers):
         backbone.trainable = False

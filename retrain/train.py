@@ -76,7 +76,6 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
                      "validation_images": len(data.validation.files),
                      "deterministic": config.deterministic,
                      "tensorflow": tf.__version__, "keras": keras.__version__}
-            ckpts.create_run(run, config, data.class_names, facts)
         say(f"freeze: {facts['freeze_layers']} of {len(layer_names)} backbone layers "
             f"({facts['freeze_reason']})")
         backbone = models.build_backbone(spec, image_size, alpha, config.weights)
@@ -84,6 +83,8 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
                                         config.dropout_rate, config.augment, config.seed)
         if config.init_from and not resume:
             _init_weights(model, Path(config.init_from))
+        if not resume:  # only now: a bad weights file or --init-from leaves no run behind
+            ckpts.create_run(run, config, data.class_names, facts)
         trainer = _Trainer(config, run, model, backbone, data, image_size, facts["freeze_layers"])
         trainer.run(ckpts.latest(run / "ckpt") if resume else None)
     model_path = run / "model.keras"
@@ -99,10 +100,10 @@ def _init_weights(model, source: Path) -> None:
     import tensorflow as tf
 
     prefix = ckpts.init_checkpoint(source)
-    status = tf.train.Checkpoint(model=model).restore(prefix)
     try:
+        status = tf.train.Checkpoint(model=model).restore(prefix)
         status.assert_existing_objects_matched()
-    except AssertionError as err:
+    except (AssertionError, ValueError, tf.errors.OpError) as err:
         raise ckpts.CheckpointError("--init-from holds weights of another model", prefix,
                                     "start from a run with the same backbone, size and classes") from err
     status.expect_partial()  # its optimizer is not wanted
@@ -123,6 +124,9 @@ class _Trainer:
         self.state = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
                       for name in ("phase", "epoch", "step", "phase_start")}
         self.state["best_val_loss"] = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+        from retrain.callbacks import MAX_LOGS
+
+        self.state["partial_logs"] = tf.Variable(np.zeros(MAX_LOGS), dtype=tf.float64, trainable=False)
         # Dropout's and the augmentations' random state: not in model.weights, so saved here.
         self.seed_vars = [v for v in model.variables if "seed_generator_state" in v.path]
         self.epochs_done = 0
@@ -139,7 +143,8 @@ class _Trainer:
         if state:
             say(f"resuming {self.run_dir} from {Path(prefix).name}: phase {state['phase']}, "
                 f"{state['epoch']} epochs and {state['step']} steps done")
-            ckpts.truncate_history(self.run_dir / "history.csv", state["epoch"])
+        # Rows written after the checkpoint (the CSV logger runs before the saver) go.
+        ckpts.truncate_history(self.run_dir / "history.csv", state["epoch"] if state else 0)
         self.epochs_done = state["epoch"] if state else 0
         if state is None or state["phase"] == 1:
             start, step = (state["epoch"], state["step"]) if state else (0, 0)
@@ -190,9 +195,12 @@ class _Trainer:
     def _callbacks(self, step: int) -> list:
         import keras
 
-        from retrain.callbacks import CheckpointSaver, EpochSeeds
+        from retrain.callbacks import CheckpointSaver, CompleteResumedEpoch, EpochSeeds
 
-        return [keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
+        before = step * self.config.batch_size
+        complete = [CompleteResumedEpoch(self.state["partial_logs"].numpy(), before,
+                                         len(self.data.train.files) - before)] if step else []
+        return complete + [keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
                 keras.callbacks.TensorBoard(str(self.run_dir / "logs"), write_graph=False),
                 EpochSeeds(self.seed_vars, self.config.seed, skip_first=bool(step)),
                 CheckpointSaver(self.state, self.manager, self.best, self.steps,

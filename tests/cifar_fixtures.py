@@ -1,7 +1,7 @@
 """Small CIFAR archives in the exact official python-version format, and a loopback HTTP server.
 
 The archive layout, pickle protocol and numpy global name follow
-/work/shared/tools/make_cifar_archive.py, i.e. what the files at cs.toronto.edu hold:
+../shared/tools/make_cifar_archive.py, i.e. what the files at cs.toronto.edu hold:
 a tar.gz of pickled dicts with bytes keys, `data` an N x 3072 uint8 array whose rows are
 channel-planar RGB (`row.reshape(3, 32, 32)`).
 """

@@ -1,0 +1,127 @@
+"""Cached bottleneck features: the frozen part's output, computed once per image and reused.
+
+Layout: `<cache_dir>/<key>/` per model key (backbone, alpha, weights file hash, image size,
+boundary layer, view); in it, per split, `<split>.json` (the pointer: which `.npy` file holds
+the rows and the content hash of the image in each row) and `<split>-<digest>.npy` (float16
+rows, read memory-mapped). A write goes to a temporary file, is renamed into place, and only
+then does the pointer (itself written then renamed) name it, so a half-written cache is never
+read. Rows are looked up by each image's content hash: a changed image recomputes its row only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from retrain.progress import bar
+
+HASH_CHUNK = 1 << 20
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_hashes(files: Iterable[str]) -> list[str]:
+    """sha1 of each file's bytes (threads: reading dominates)."""
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(file_digest, files, chunksize=64))
+
+
+def weights_digest(weights: str) -> str:
+    """What identifies the starting weights: a file's content hash, or the word."""
+    return file_digest(weights) if weights not in ("imagenet", "none") else weights
+
+
+def default_cache_dir(data_dir: str | Path) -> Path:
+    """Beside the dataset: data/cifar10 -> data/.cifar10-cache."""
+    data = Path(data_dir).resolve()
+    return data.parent / f".{data.name}-cache"
+
+
+def key_folder(root: Path, key: dict) -> Path:
+    """The folder for one model key; `key.json` inside says what it is."""
+    text = json.dumps(key, sort_keys=True)
+    folder = root / hashlib.sha1(text.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").exists():
+        _atomic_text(folder / "key.json", json.dumps(key, indent=2, sort_keys=True))
+    return folder
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class SplitCache:
+    """The cached rows of one split under one model key."""
+
+    def __init__(self, folder: Path, split: str):
+        self.folder, self.split = folder, split
+        self.pointer = folder / f"{split}.json"
+        self.computed = 0  # rows computed by the last `ensure` (tests count them)
+
+    def _read(self) -> tuple[np.ndarray | None, list[str]]:
+        if not self.pointer.exists():
+            return None, []
+        meta = json.loads(self.pointer.read_text())
+        path = self.folder / meta["file"]
+        if not path.exists():
+            return None, []
+        return np.load(path, mmap_mode="r"), meta["hashes"]
+
+    def ensure(self, files: list[str], hashes: list[str],
+               extract: Callable[[list[str]], Iterable[np.ndarray]], dtype=np.float16) -> np.ndarray:
+        """The rows for `files` (in that order), memory-mapped; computes only missing ones.
+
+        `extract(files)` yields float arrays of rows for those files, batch by batch.
+        """
+        old, old_hashes = self._read()
+        if old is not None and old_hashes == hashes:
+            self.computed = 0
+            return old
+        where = {h: i for i, h in enumerate(old_hashes)} if old is not None else {}
+        missing = [i for i, h in enumerate(hashes) if h not in where]
+        digest = hashlib.sha1("".join(hashes).encode()).hexdigest()[:12]
+        final = self.folder / f"{self.split}-{digest}.npy"
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        rows = None
+        with bar(f"features {self.split}", len(missing)) as b:
+            done = 0
+            for batch in extract([files[i] for i in missing]):
+                if rows is None:
+                    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                                     shape=(len(files),) + batch.shape[1:])
+                idx = missing[done:done + len(batch)]
+                rows[idx] = batch.astype(dtype)
+                done += len(batch)
+                b.advance(len(batch))
+            if rows is None:  # nothing to compute: every row is reused
+                rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                                 shape=(len(files),) + old.shape[1:])
+            for start in range(0, len(files), 4096):  # reuse old rows, a chunk at a time
+                span = range(start, min(start + 4096, len(files)))
+                keep = [i for i in span if hashes[i] in where]
+                if keep:
+                    rows[keep] = old[[where[hashes[i]] for i in keep]]
+        rows.flush()
+        del rows
+        os.replace(tmp, final)
+        previous = json.loads(self.pointer.read_text())["file"] if self.pointer.exists() else None
+        _atomic_text(self.pointer, json.dumps({"file": final.name, "hashes": hashes}))
+        if previous and previous != final.name:
+            (self.folder / previous).unlink(missing_ok=True)
+        self.computed = len(missing)
+        return np.load(final, mmap_mode="r")
