@@ -129,6 +129,14 @@ def fit(
     save_every_steps: Optional[int] = typer.Option(None, min=1, help="Also checkpoint every K steps."),
     init_from: Optional[str] = typer.Option(None, help="Start from the weights of a run or checkpoint."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder where it stopped."),
+    cache: bool = typer.Option(_F.cache, "--cache/--no-cache", help="Cache the frozen part's output "
+                               "(bottlenecks) and train on it."),
+    cache_dir: Optional[str] = typer.Option(None, help="Bottleneck cache root. Default: beside "
+                                            "the dataset, <data>/../.<name>-cache."),
+    cache_budget: str = typer.Option(_F.cache_budget, help="Disk allowed for phase 2's cached "
+                                     "activations at the freeze point, e.g. 4G, 500M."),
+    cache_views: int = typer.Option(_F.cache_views, min=0, help="With --augment: cache K augmented "
+                                    "views per image (epoch e reads view e mod K). 0: no cache."),
 ):
     """Train a classifier: a new head on a pretrained backbone, then fine-tuning."""
     given = {p for p in ctx.params
@@ -139,7 +147,8 @@ def fit(
                   fine_tune_learning_rate=fine_tune_learning_rate, dropout_rate=dropout_rate,
                   label_smoothing=label_smoothing, validation_split=validation_split,
                   class_weight=class_weight.value, seed=seed, runs_dir=runs_dir, name=name,
-                  keep_checkpoints=keep_checkpoints, save_every_steps=save_every_steps, init_from=init_from)
+                  keep_checkpoints=keep_checkpoints, save_every_steps=save_every_steps, init_from=init_from,
+                  cache=cache, cache_dir=cache_dir, cache_budget=cache_budget, cache_views=cache_views)
     if resume is not None:
         config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
     else:

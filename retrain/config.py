@@ -123,6 +123,10 @@ class FitConfig(_JsonMixin):
     keep_checkpoints: int = 3
     save_every_steps: int | None = None
     init_from: str | None = None
+    cache: bool = True  # bottleneck cache for the frozen part (see retrain/bottleneck.py)
+    cache_dir: str | None = None  # None: beside the dataset, <data>/../.<name>-cache
+    cache_budget: str = "4G"  # disk for the phase-2 boundary activations
+    cache_views: int = 0  # with --augment: K cached augmented views per image (0: no cache)
     deterministic: bool = True  # op determinism: same seed, same result (exact resume)
 
     def __post_init__(self):
@@ -150,6 +154,10 @@ class FitConfig(_JsonMixin):
             raise ConfigError("--validation-split must be between 0 and 1", self.validation_split,
                               "pass for example 0.2")
         _one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
+        parse_size(self.cache_budget)
+        if not isinstance(self.cache_views, int) or self.cache_views < 0:
+            raise ConfigError("--cache-views must be 0 or more", self.cache_views,
+                              "pass the number of augmented views to cache per image")
         for aug in self.augment:
             _one_of("augment", aug, AUGMENTATIONS)
         if self.freeze.lower() in FREEZE_WORDS and self.freeze != self.freeze.lower():
@@ -165,6 +173,23 @@ class FitConfig(_JsonMixin):
     def weights_path(self) -> Path | None:
         """The weights file, when `weights` names one."""
         return None if self.weights in ("imagenet", "none") else Path(self.weights)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'4G', '500MB', '2GiB', '1000000' -> bytes (units are powers of 1024)."""
+    value = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS and value[-1:] else (value, "")
+    try:
+        size = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ConfigError("--cache-budget must be a size such as 4G or 500M", text,
+                          "pass a number with an optional K, M, G or T") from None
+    if size < 0:
+        raise ConfigError("--cache-budget cannot be negative", text, "pass 0 or more")
+    return int(size)
 
 
 def parse_list(text: str | None) -> tuple[str, ...]:

@@ -158,11 +158,46 @@ def build_classifier(spec: BackboneSpec, backbone: keras.Model, num_classes: int
         if layer is not None:
             x = layer(x)
     x = backbone(x, training=False)
+    # "features": what the head sees, and what the bottleneck cache stores in phase 1.
     if len(x.shape) == 4:
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    else:
+        x = keras.layers.Identity(name="features")(x)
     x = keras.layers.Dropout(dropout_rate, seed=seed, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"retrain_{spec.name.replace(':', '_').replace('/', '_')}"[:60])
+
+
+def feature_extractor(model: keras.Model, backbone: keras.Model, boundary: int | None) -> keras.Model:
+    """Raw pixels -> what the frozen part outputs: the pooled features (boundary None), or the
+    activations after backbone layer `boundary - 1`. Augmentation layers stay in, so a
+    training-mode call makes augmented views."""
+    if boundary is None:
+        return keras.Model(model.input, model.get_layer("features").output, name="extract_features")
+    bottom = keras.Model(backbone.input, backbone.layers[boundary - 1].output, name="backbone_bottom")
+    inputs = keras.Input(model.input.shape[1:])
+    x = inputs
+    for name in ("augment", "preprocess"):
+        if any(layer.name == name for layer in model.layers):
+            x = model.get_layer(name)(x)
+    return keras.Model(inputs, bottom(x, training=False), name=f"extract_{backbone.layers[boundary - 1].name}")
+
+
+def trainable_top(model: keras.Model, backbone: keras.Model, boundary: int | None) -> keras.Model:
+    """Cached activations -> probabilities, sharing its layers (and so its weights) with `model`.
+
+    Raises ValueError when the network branches around the boundary (a skip connection
+    crosses it), so no single tensor there determines the output.
+    """
+    if boundary is None:
+        inputs = keras.Input(model.get_layer("features").output.shape[1:], name="features_in")
+        x = inputs
+    else:
+        upper = keras.Model(backbone.layers[boundary - 1].output, backbone.output, name="backbone_top")
+        inputs = keras.Input(backbone.layers[boundary - 1].output.shape[1:], name="boundary_in")
+        x = model.get_layer("features")(upper(inputs, training=False))
+    x = model.get_layer("dropout")(x)
+    return keras.Model(inputs, model.get_layer("predictions")(x), name="trainable_top")
 
 
 def auto_freeze(spec: BackboneSpec, min_per_class: int) -> tuple[str, str]:

@@ -17,7 +17,8 @@ import numpy as np
 
 from retrain import checkpoints as ckpts
 from retrain.backbones import check_alpha, check_image_size, get_spec
-from retrain.config import FitConfig
+from retrain.cache import default_cache_dir
+from retrain.config import FitConfig, parse_size
 from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, load_folders,
                           steps_per_epoch, train_dataset)
 from retrain.errors import BackboneError
@@ -35,6 +36,7 @@ class FitResult:
     model_path: Path
     best_val_accuracy: float
     epochs_done: int
+    features_computed: int  # bottleneck rows this call computed (0 when all came from the cache)
 
 
 def fit(config: FitConfig, resume: bool = False) -> FitResult:
@@ -93,7 +95,7 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
     os.replace(tmp, model_path)
     best = trainer.best_val_accuracy()
     say(f"done: best validation accuracy {best:.4f}; model saved to {model_path}")
-    return FitResult(run, model_path, best, trainer.epochs_done)
+    return FitResult(run, model_path, best, trainer.epochs_done, trainer.cache_computed)
 
 
 def _init_weights(model, source: Path) -> None:
@@ -120,7 +122,9 @@ class _Trainer:
         self.config, self.run_dir, self.model, self.backbone = config, run, model, backbone
         self.data, self.image_size, self.freeze_layers = data, image_size, freeze_layers
         self.steps = steps_per_epoch(data.train, config.batch_size)
-        self.val = eval_dataset(data.validation, data.num_classes, image_size, config.batch_size)
+        self.cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.data)
+        self.cache_computed = 0  # bottleneck rows computed by this process (tests count them)
+        self._weights_key = None
         self.state = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
                       for name in ("phase", "epoch", "step", "phase_start")}
         self.state["best_val_loss"] = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
@@ -175,22 +179,105 @@ class _Trainer:
         from retrain.model import set_frozen
 
         set_frozen(self.backbone, frozen)
+        self._choose_inputs(phase, frozen)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         if self.data.num_classes > 5:
             metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"))
-        self.model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
-                           metrics=metrics)
-        self.model.optimizer.build(self.model.trainable_variables)  # so a restore fills it now
+        self.trainee.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                             loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
+                             metrics=metrics)
+        self.trainee.optimizer.build(self.trainee.trainable_variables)  # so a restore fills it now
         self.state["phase"].assign(phase)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer,
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.trainee.optimizer,
                                               seeds={f"s{i}": v.value for i, v in enumerate(self.seed_vars)},
                                               **self.state)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "ckpt"),
                                                   max_to_keep=self.config.keep_checkpoints)
         self.best = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "best"), max_to_keep=1)
-        trainable = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
+        trainable = sum(int(np.prod(v.shape)) for v in self.trainee.trainable_variables)
         say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:g}")
+
+    def _choose_inputs(self, phase: int, frozen: int) -> None:
+        """Images through the whole model, or cached bottlenecks through its trainable top.
+
+        Sets `trainee` (the model fit trains), `train_data(first, end, skip)` and `val`."""
+        self.trainee = self.model
+        self.train_data = lambda first, end, skip=0: train_dataset(
+            self.data.train, self.data.num_classes, self.image_size, self.config.batch_size,
+            self.config.seed, first, end, skip)
+        self.val = eval_dataset(self.data.validation, self.data.num_classes, self.image_size,
+                                self.config.batch_size)
+        why_not = self._why_not_cached(phase, frozen)
+        if why_not:
+            say(f"phase {phase}: reading images every epoch ({why_not})")
+            return
+        from retrain import bottleneck
+        from retrain.model import feature_extractor, trainable_top
+
+        boundary = None if phase == 1 else frozen
+        try:
+            top = trainable_top(self.model, self.backbone, boundary)
+        except ValueError:
+            say(f"phase {phase}: reading images every epoch (a skip connection crosses the freeze "
+                f"point, layer {frozen}; a named freeze point has none)")
+            return
+        extractor = feature_extractor(self.model, self.backbone, boundary)
+        views = self.config.cache_views if self.config.augment else 1
+        size = bottleneck.boundary_bytes(extractor.output.shape[1:],
+                                         len(self.data.train.files) * views + len(self.data.validation.files))
+        if phase == 2 and size > parse_size(self.config.cache_budget):
+            say(f"phase 2: reading images every epoch (its cache would take {size / 2**30:.2f} GiB, "
+                f"over --cache-budget {self.config.cache_budget})")
+            return
+        key = self._cache_key("features" if boundary is None else self.backbone.layers[boundary - 1].name)
+        common = dict(extractor=extractor, image_size=self.image_size, batch_size=self.config.batch_size,
+                      num_classes=self.data.num_classes, folder_root=self.cache_root)
+        augmented = {**key, "augment": list(self.config.augment), "seed": self.config.seed} \
+            if views > 1 else key
+        train, computed = bottleneck.cache_split(key=augmented, split_name="train", split=self.data.train,
+                                                 views=views, set_view=self._set_view if views > 1 else None, **common)
+        val, computed_val = bottleneck.cache_split(key=key, split_name="validation",
+                                                   split=self.data.validation, **common)
+        total = (len(self.data.train.files) * views + len(self.data.validation.files))
+        say(f"phase {phase}: training on cached {'features' if boundary is None else 'activations'} "
+            f"{tuple(extractor.output.shape[1:])} ({total - computed - computed_val:,} rows reused, "
+            f"{computed + computed_val:,} computed, in {self.cache_root})")
+        self.cache_computed += computed + computed_val
+        self.trainee = top
+        self.train_data = lambda first, end, skip=0: bottleneck.train_dataset(
+            train, self.config.batch_size, self.config.seed, first, end, skip)
+        self.val = bottleneck.eval_dataset_cached(val, self.config.batch_size)
+
+    def _why_not_cached(self, phase: int, frozen: int) -> str:
+        if not self.config.cache:
+            return "--no-cache"
+        if phase == 2 and frozen == 0:
+            return "nothing is frozen"
+        if self.config.augment and phase == 2:
+            return "augmentation changes the fine-tuned part's input every epoch"
+        if self.config.augment and not self.config.cache_views:
+            return "--augment without --cache-views"
+        return ""
+
+    def _cache_key(self, boundary: str) -> dict:
+        from retrain.cache import weights_digest
+
+        if self._weights_key is None:
+            spec_weights = self.config.backbone if self.config.backbone.startswith("hub:") \
+                else weights_digest(self.config.weights)
+            init = Path(self.config.init_from) if self.config.init_from else None
+            self._weights_key = {"weights": spec_weights,
+                                 "init_from": [str(init.resolve()), init.stat().st_mtime_ns] if init else None,
+                                 "seed": self.config.seed if self.config.weights == "none" else None}
+        return {"version": 1, "backbone": self.config.backbone, "alpha": self.config.alpha,
+                "image_size": self.image_size, "boundary": boundary, **self._weights_key}
+
+    def _set_view(self, view: int) -> None:
+        from retrain.callbacks import seed_value
+
+        augment = self.model.get_layer("augment")
+        for i, v in enumerate(x for x in augment.variables if "seed_generator_state" in x.path):
+            v.assign(np.asarray(seed_value(self.config.seed + 1, view, i), dtype=v.dtype))
 
     def _callbacks(self, step: int) -> list:
         import keras
@@ -218,16 +305,14 @@ class _Trainer:
             if self.config.class_weight == "auto" else None
         verbose = 1 if sys.stdout.isatty() else 2
         if step:  # finish the interrupted epoch on its own, then the rest
-            ds = train_dataset(self.data.train, self.data.num_classes, self.image_size,
-                               self.config.batch_size, self.config.seed, start, start + 1, step)
-            self.model.fit(ds, steps_per_epoch=self.steps - step, epochs=start + 1, initial_epoch=start,
+            ds = self.train_data(start, start + 1, step)
+            self.trainee.fit(ds, steps_per_epoch=self.steps - step, epochs=start + 1, initial_epoch=start,
                            validation_data=self.val, class_weight=weights, shuffle=False,
                            callbacks=self._callbacks(step), verbose=verbose)
             start += 1
         if start < end:
-            ds = train_dataset(self.data.train, self.data.num_classes, self.image_size,
-                               self.config.batch_size, self.config.seed, start, end)
-            self.model.fit(ds, steps_per_epoch=self.steps, epochs=end, initial_epoch=start,
+            ds = self.train_data(start, end)
+            self.trainee.fit(ds, steps_per_epoch=self.steps, epochs=end, initial_epoch=start,
                            validation_data=self.val, class_weight=weights, shuffle=False,
                            callbacks=self._callbacks(0), verbose=verbose)
 

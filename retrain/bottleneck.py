@@ -1,0 +1,113 @@
+"""Training on cached bottlenecks: extract the frozen part's output once, then serve it.
+
+Phase 1 (the whole backbone frozen) caches the pooled features; phase 2 (frozen below the
+freeze point N) caches the activations at N when they fit the disk budget. Either way the
+trainable part then trains on cached rows: an epoch costs a fraction of a full forward pass.
+The rows are shuffled exactly as the image files would be (the same seed per epoch over
+the same number of elements), so cached and uncached runs see the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from retrain.cache import SplitCache, content_hashes, key_folder
+from retrain.data import Split, eval_dataset
+
+IN_MEMORY_BYTES = 1 << 30  # rows below this are read into memory; above, served from the map
+
+
+@dataclass
+class CachedSplit:
+    """One split's cached rows (one array per view) and labels."""
+
+    views: list[np.ndarray]
+    labels: np.ndarray
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.views[0].shape[1:]
+
+
+def _extract(extractor, image_size: int, batch_size: int, training: bool):
+    """files -> batches of the extractor's output, through the real input pipeline."""
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return extractor(images, training=training)
+
+    def run(files: list[str]) -> Iterator[np.ndarray]:
+        if not files:
+            return
+        split = Split(tuple(files), np.zeros(len(files), dtype=np.int64))
+        for images, _ in eval_dataset(split, 1, image_size, batch_size):
+            yield forward(images).numpy()
+
+    return run
+
+
+def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, num_classes: int,
+                extractor, image_size: int, batch_size: int, views: int = 1,
+                set_view=None) -> tuple[CachedSplit, int]:
+    """Make sure the rows of every image (and view) are cached; -> (rows, how many computed).
+
+    `set_view(v)` prepares the extractor's random layers for view v (with views > 1 the
+    extractor runs in training mode, so its augmentations are active)."""
+    hashes = content_hashes(split.files)
+    arrays, computed = [], 0
+    for view in range(views):
+        folder = key_folder(folder_root, {**key, "view": view if views > 1 else None})
+        if set_view is not None:
+            set_view(view)
+        cache = SplitCache(folder, split_name)
+        arrays.append(cache.ensure(list(split.files), hashes,
+                                   _extract(extractor, image_size, batch_size, training=views > 1)))
+        computed += cache.computed
+    return CachedSplit(arrays, split.labels, num_classes), computed
+
+
+def _served(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows) if rows.nbytes <= IN_MEMORY_BYTES else rows
+
+
+def _gather(rows: np.ndarray, labels: np.ndarray, num_classes: int, shape):
+    def gather(index):
+        x = tf.numpy_function(lambda i: np.asarray(rows[i], dtype=np.float32), [index], tf.float32)
+        x.set_shape((None,) + tuple(shape))
+        return x, tf.one_hot(tf.gather(labels, index), num_classes)
+
+    return gather
+
+
+def train_dataset(cached: CachedSplit, batch_size: int, seed: int, first_epoch: int,
+                  end_epoch: int, skip_batches: int = 0):
+    """Like data.train_dataset, over cached rows: epoch e reads view e % views."""
+    n = len(cached.labels)
+    labels = tf.constant(cached.labels)
+    indices = tf.data.Dataset.range(n)
+    ds = None
+    for epoch in range(first_epoch, end_epoch):
+        rows = _served(cached.views[epoch % len(cached.views)])
+        one = indices.shuffle(n, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
+        if epoch == first_epoch and skip_batches:
+            one = one.skip(skip_batches * batch_size)
+        one = one.batch(batch_size).map(_gather(rows, labels, cached.num_classes, cached.shape))
+        ds = one if ds is None else ds.concatenate(one)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset_cached(cached: CachedSplit, batch_size: int):
+    n = len(cached.labels)
+    gather = _gather(_served(cached.views[0]), tf.constant(cached.labels), cached.num_classes, cached.shape)
+    return tf.data.Dataset.range(n).batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
+
+
+def boundary_bytes(shape, images: int, views: int = 1) -> int:
+    """Disk for float16 activations of this shape for every image."""
+    return int(np.prod(shape)) * 2 * images * views
