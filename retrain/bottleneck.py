@@ -42,12 +42,14 @@ def _extract(extractor, image_size: int, batch_size: int, training: bool):
     def forward(images):
         return extractor(images, training=training)
 
-    def run(files: list[str]) -> Iterator[np.ndarray]:
+    def run(files: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not files:
             return
-        split = Split(tuple(files), np.zeros(len(files), dtype=np.int64))
-        for images, _ in eval_dataset(split, 1, image_size, batch_size):
-            yield forward(images).numpy()
+        # The label slot carries each file's position, so a file dropped by the pipeline
+        # (undecodable) is known rather than shifting every later row.
+        split = Split(tuple(files), np.arange(len(files), dtype=np.int64))
+        for images, positions in eval_dataset(split, len(files), image_size, batch_size):
+            yield forward(images).numpy(), positions.numpy().argmax(axis=1)
 
     return run
 
@@ -57,17 +59,17 @@ def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, num
                 set_view=None) -> tuple[CachedSplit, int]:
     """Make sure the rows of every image (and view) are cached; -> (rows, how many computed).
 
-    `set_view(v)` prepares the extractor's random layers for view v (with views > 1 the
-    extractor runs in training mode, so its augmentations are active)."""
+    With `set_view`, the rows are augmented views: `set_view(v)` seeds the extractor's random
+    layers for view v, and the extractor runs in training mode so they are active."""
     hashes = content_hashes(split.files)
     arrays, computed = [], 0
     for view in range(views):
-        folder = key_folder(folder_root, {**key, "view": view if views > 1 else None})
+        folder = key_folder(folder_root, {**key, "view": view if set_view else None})
         if set_view is not None:
             set_view(view)
         cache = SplitCache(folder, split_name)
         arrays.append(cache.ensure(list(split.files), hashes,
-                                   _extract(extractor, image_size, batch_size, training=views > 1)))
+                                   _extract(extractor, image_size, batch_size, training=set_view is not None)))
         computed += cache.computed
     return CachedSplit(arrays, split.labels, num_classes), computed
 

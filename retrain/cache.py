@@ -19,17 +19,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from retrain.errors import DatasetError
 from retrain.progress import bar
 
-HASH_CHUNK = 1 << 20
-
-
 def file_digest(path: str) -> str:
-    digest = hashlib.sha1()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def content_hashes(files: Iterable[str]) -> list[str]:
@@ -83,10 +78,12 @@ class SplitCache:
         return np.load(path, mmap_mode="r"), meta["hashes"]
 
     def ensure(self, files: list[str], hashes: list[str],
-               extract: Callable[[list[str]], Iterable[np.ndarray]], dtype=np.float16) -> np.ndarray:
+               extract: Callable[[list[str]], Iterable[tuple[np.ndarray, np.ndarray]]],
+               dtype=np.float16) -> np.ndarray:
         """The rows for `files` (in that order), memory-mapped; computes only missing ones.
 
-        `extract(files)` yields float arrays of rows for those files, batch by batch.
+        `extract(files)` yields (rows, positions in `files`) batch by batch; a file it cannot
+        decode yields no row, and then nothing is saved and a DatasetError names it.
         """
         old, old_hashes = self._read()
         if old is not None and old_hashes == hashes:
@@ -97,31 +94,38 @@ class SplitCache:
         digest = hashlib.sha1("".join(hashes).encode()).hexdigest()[:12]
         final = self.folder / f"{self.split}-{digest}.npy"
         tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        rows = None
-        with bar(f"features {self.split}", len(missing)) as b:
-            done = 0
-            for batch in extract([files[i] for i in missing]):
-                if rows is None:
-                    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                                     shape=(len(files),) + batch.shape[1:])
-                idx = missing[done:done + len(batch)]
-                rows[idx] = batch.astype(dtype)
-                done += len(batch)
-                b.advance(len(batch))
-            if rows is None:  # nothing to compute: every row is reused
-                rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
-                                                 shape=(len(files),) + old.shape[1:])
-            for start in range(0, len(files), 4096):  # reuse old rows, a chunk at a time
-                span = range(start, min(start + 4096, len(files)))
-                keep = [i for i in span if hashes[i] in where]
-                if keep:
-                    rows[keep] = old[[where[hashes[i]] for i in keep]]
-        rows.flush()
-        del rows
-        os.replace(tmp, final)
+        try:
+            self._write(tmp, files, hashes, missing, where, old, extract, dtype)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
         previous = json.loads(self.pointer.read_text())["file"] if self.pointer.exists() else None
         _atomic_text(self.pointer, json.dumps({"file": final.name, "hashes": hashes}))
         if previous and previous != final.name:
             (self.folder / previous).unlink(missing_ok=True)
         self.computed = len(missing)
         return np.load(final, mmap_mode="r")
+
+    def _write(self, tmp: Path, files, hashes, missing, where, old, extract, dtype) -> None:
+        rows, seen = None, np.zeros(len(missing), dtype=bool)
+        with bar(f"features {self.split}", len(missing)) as b:
+            for batch, positions in extract([files[i] for i in missing]):
+                if rows is None:
+                    rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                                     shape=(len(files),) + batch.shape[1:])
+                rows[[missing[p] for p in positions]] = batch.astype(dtype)
+                seen[positions] = True
+                b.advance(len(batch))
+        if not seen.all():
+            failed = [files[missing[p]] for p in np.flatnonzero(~seen)]
+            raise DatasetError(f"{len(failed)} image(s) passed the checks but cannot be decoded",
+                               ", ".join(failed[:5]), "remove or replace them and rerun")
+        if rows is None:  # nothing to compute: every row is reused
+            rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                             shape=(len(files),) + old.shape[1:])
+        for start in range(0, len(files), 4096):  # reuse old rows, a chunk at a time
+            span = range(start, min(start + 4096, len(files)))
+            keep = [i for i in span if hashes[i] in where]
+            if keep:
+                rows[keep] = old[[where[hashes[i]] for i in keep]]
+        rows.flush()

@@ -62,13 +62,20 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def _readable(path: Path) -> bool:
-    """Cheap check that TensorFlow can decode the file: its header parses and, for PNG and
-    GIF, its chunks verify. Catches empty, truncated and mislabelled files."""
+    """Cheap check that TensorFlow can decode the file: its header parses; PNG and GIF chunks
+    verify; a JPEG ends with its end-of-image marker, or else decodes in full. Catches empty,
+    truncated and mislabelled files."""
     try:
         with Image.open(path) as image:
             if image.format not in DECODABLE:
                 return False
             image.verify()
+        if image.format == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                if f.read(2) != b"\xff\xd9":  # truncated, or trailing bytes: decode to be sure
+                    with Image.open(path) as full:
+                        full.load()
         return True
     except (OSError, SyntaxError, ValueError, EOFError):
         return False

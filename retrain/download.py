@@ -27,11 +27,8 @@ def is_url(source: str) -> bool:
 
 
 def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def fetch(url: str, dest: Path, retries: int = 4, backoff: float = 1.0,

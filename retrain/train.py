@@ -229,13 +229,15 @@ class _Trainer:
             say(f"phase 2: reading images every epoch (its cache would take {size / 2**30:.2f} GiB, "
                 f"over --cache-budget {self.config.cache_budget})")
             return
-        key = self._cache_key("features" if boundary is None else self.backbone.layers[boundary - 1].name)
+        # The boundary by position: layer names can carry a per-process counter (input_layer_3).
+        key = self._cache_key("features" if boundary is None else f"layer {boundary}")
         common = dict(extractor=extractor, image_size=self.image_size, batch_size=self.config.batch_size,
                       num_classes=self.data.num_classes, folder_root=self.cache_root)
-        augmented = {**key, "augment": list(self.config.augment), "seed": self.config.seed} \
-            if views > 1 else key
-        train, computed = bottleneck.cache_split(key=augmented, split_name="train", split=self.data.train,
-                                                 views=views, set_view=self._set_view if views > 1 else None, **common)
+        augmented = bool(self.config.augment)  # (with --cache-views K >= 1, or we would not be here)
+        train, computed = bottleneck.cache_split(
+            key={**key, "augment": list(self.config.augment), "seed": self.config.seed} if augmented else key,
+            split_name="train", split=self.data.train, views=views,
+            set_view=self._set_view if augmented else None, **common)
         val, computed_val = bottleneck.cache_split(key=key, split_name="validation",
                                                    split=self.data.validation, **common)
         total = (len(self.data.train.files) * views + len(self.data.validation.files))
@@ -265,9 +267,10 @@ class _Trainer:
         if self._weights_key is None:
             spec_weights = self.config.backbone if self.config.backbone.startswith("hub:") \
                 else weights_digest(self.config.weights)
-            init = Path(self.config.init_from) if self.config.init_from else None
+            init = ckpts.init_checkpoint(Path(self.config.init_from)) if self.config.init_from else None
             self._weights_key = {"weights": spec_weights,
-                                 "init_from": [str(init.resolve()), init.stat().st_mtime_ns] if init else None,
+                                 "init_from": [str(Path(init).resolve()), weights_digest(f"{init}.index")]
+                                 if init else None,
                                  "seed": self.config.seed if self.config.weights == "none" else None}
         return {"version": 1, "backbone": self.config.backbone, "alpha": self.config.alpha,
                 "image_size": self.image_size, "boundary": boundary, **self._weights_key}

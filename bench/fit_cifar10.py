@@ -1,0 +1,87 @@
+"""Real-data figures for `retrain fit`: MobileNetV2 0.35 (shared ImageNet weights) on CIFAR-10.
+
+Extracts ../shared/data/cifar10-jpeg.tar.gz to a temporary folder, fits on the train split
+as a single <label>/ tree (--validation-split), once frozen (--freeze all) and once with the
+default --freeze auto (fine-tuning), each as a whole `retrain fit` command, and prints wall
+time and best validation accuracy; then the test-split accuracy of each final model, once.
+
+usage: python bench/fit_cifar10.py [--per-class 5000] [--image-size 96] [-- extra fit flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import WEIGHTS, cifar_jpegs, subset
+
+
+def test_accuracy(model_path: Path, test_dir: Path, image_size: int) -> float:
+    """Accuracy of a saved model on a <label>/ folder (labels in sorted order, as in the run)."""
+    import keras
+    import numpy as np
+
+    import retrain.model  # noqa: F401  registers the custom layers
+    from retrain.data import Split, _class_files, eval_dataset
+
+    files = _class_files(test_dir)
+    names = sorted(files)
+    split = Split(tuple(str(f) for n in names for f in files[n]),
+                  np.asarray([i for i, n in enumerate(names) for _ in files[n]]))
+    model = keras.saving.load_model(model_path)
+    correct = total = 0
+    for x, y in eval_dataset(split, len(names), image_size, 256):
+        p = model.predict_on_batch(x)
+        correct += int((p.argmax(1) == y.numpy().argmax(1)).sum())
+        total += len(p)
+    return correct / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=5000)
+    parser.add_argument("--test-per-class", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--jpeg-root", type=Path, default=None)
+    parser.add_argument("--settings", default="all,auto", help="comma list of --freeze values to run")
+    parser.add_argument("extra", nargs="*", help="more `retrain fit` flags (after --)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = cifar_jpegs(tmp, args.jpeg_root)
+        train = subset(root, "train", args.per_class, tmp / "train")
+        test = subset(root, "test", args.test_per_class, tmp / "test")
+        rows = []
+        for freeze in args.settings.split(","):
+            cmd = [sys.executable, "-m", "retrain", "fit", "--data", str(train), "--backbone", "mobilenet_v2",
+                   "--alpha", "0.35", "--weights", str(WEIGHTS), "--image-size", str(args.image_size),
+                   "--freeze", freeze, "--validation-split", "0.1", "--runs-dir", str(tmp / "runs"),
+                   "--name", freeze, "--cache-dir", str(tmp / "cache"), *args.extra]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if done.returncode:
+                sys.exit(done.stderr[-3000:])
+            chosen = [line for line in done.stderr.splitlines() if line.startswith(("freeze:", "phase"))]
+            with open(tmp / "runs" / freeze / "history.csv") as f:
+                history = list(csv.DictReader(f))
+            best = max(float(r["val_accuracy"]) for r in history)
+            rows.append((freeze, wall, len(history), best, tmp / "runs" / freeze / "model.keras", chosen))
+        print(f"MobileNetV2 0.35, {args.image_size} px, CIFAR-10 train {args.per_class}/class "
+              f"(10% held out by hash), {os.cpu_count()} cores; extra flags: {' '.join(args.extra) or '-'}")
+        for freeze, wall, epochs, best, model, chosen in rows:
+            acc = test_accuracy(model, test, args.image_size)
+            print(f"--freeze {freeze:<5} wall {wall:6.1f} s  epochs {epochs}  best val acc {best:.4f}  "
+                  f"test acc {acc:.4f} ({args.test_per_class}/class)")
+            for line in chosen:
+                print(f"    {line}")
+
+
+if __name__ == "__main__":
+    main()

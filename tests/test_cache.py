@@ -1,0 +1,603 @@
+"""The bottleneck feature cache: hits and misses, what invalidates which rows, killed writes,
+cached vs uncached training, the budget and augmented views, resume.
+
+tiny_cnn on 32 px toy colours: 4 training and 2 validation images per colour (12 + 6).
+`--freeze block1_out` makes phase 2 cache the 32x32x8 activations after block1_out, so a
+cold run computes 18 phase-1 feature rows and 18 phase-2 boundary rows. Each test that
+trains copies the warm cache (or starts a fresh one) into its own tmp folder, so none
+depends on another's writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fit_fixtures import (COLOURS, column, fit_args, invoke, load_model, make_colour_data, noisy_colour,
+                          read_history, write_png)
+from retrain.cache import SplitCache, content_hashes, default_cache_dir, file_digest
+from retrain.config import FitConfig
+
+TRAIN, VAL = 12, 6  # images per side in the toy data
+ROWS = TRAIN + VAL
+BOUNDARY = "block1_out"
+BOUNDARY_KEY = "layer 4"  # the cache names a boundary by position: block1_out is layer 3
+BLOCK2_KEY = "layer 8"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def config(data: Path, runs: Path, name: str, cache_root: Path, **overrides) -> FitConfig:
+    """A quick tiny_cnn run: 2 head epochs, 1 fine-tuning epoch above block1_out."""
+    values = dict(data=str(data), backbone="tiny_cnn", weights="none", image_size=32, freeze=BOUNDARY,
+                  epochs=2, fine_tune_epochs=1, batch_size=4, learning_rate=0.05,
+                  fine_tune_learning_rate=0.01, runs_dir=str(runs), name=name, cache_dir=str(cache_root))
+    values.update(overrides)
+    return FitConfig(**values)
+
+
+def fit_in_process(cfg: FitConfig, resume: bool = False):
+    """retrain.train.fit(cfg) -> (FitResult, what it said on stderr)."""
+    import tensorflow as tf
+
+    from retrain.train import fit
+
+    tf.get_logger()  # bind TensorFlow's log handler to the real stderr, not the capture below
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        result = fit(cfg, resume=resume)
+    return result, err.getvalue()
+
+
+def cache_line(stderr: str, phase: int) -> tuple[int, int]:
+    """(rows reused, rows computed) from phase `phase`'s "training on cached ..." line."""
+    found = re.findall(rf"phase {phase}: training on cached \w+ \([\d, ]+\) \(([\d,]+) rows reused, "
+                       rf"([\d,]+) computed", stderr)
+    assert len(found) == 1, stderr
+    return tuple(int(x.replace(",", "")) for x in found[0])
+
+
+def key_folders(cache: Path) -> dict[Path, dict]:
+    """Every model-key folder under the cache root -> its key.json."""
+    if not cache.is_dir():
+        return {}
+    return {f: json.loads((f / "key.json").read_text()) for f in sorted(cache.iterdir())
+            if (f / "key.json").is_file()}
+
+
+def folder_for(cache: Path, **match) -> Path:
+    """The one key folder whose key.json has every `match` item."""
+    found = [f for f, key in key_folders(cache).items() if all(key.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, (match, key_folders(cache))
+    return found[0]
+
+
+def split_rows(folder: Path, split: str) -> tuple[list[str], np.ndarray]:
+    """(content hashes, rows as float32) that the split's pointer names."""
+    meta = json.loads((folder / f"{split}.json").read_text())
+    return meta["hashes"], np.load(folder / meta["file"]).astype(np.float32)
+
+
+def rows_by_hash(folder: Path, split: str) -> dict[str, np.ndarray]:
+    hashes, rows = split_rows(folder, split)
+    return dict(zip(hashes, rows))
+
+
+def npy_files(folder: Path, split: str) -> list[str]:
+    return sorted(p.name for p in folder.glob(f"{split}-*.npy"))
+
+
+def leftovers(cache: Path) -> list[str]:
+    return sorted(str(p) for p in cache.rglob(".*.tmp"))
+
+
+def copy_cache(warm: "Warm", tmp_path: Path) -> Path:
+    target = tmp_path / "cache"
+    shutil.copytree(warm.cache, target)
+    return target
+
+
+@dataclass
+class Warm:
+    data: Path
+    cache: Path
+    runs: Path
+    result: object  # FitResult of the cold run
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory) -> Warm:
+    """The toy data and a cold-cache run on it (phase 1 cached, phase 2 cached at block1_out)."""
+    root = tmp_path_factory.mktemp("cache")
+    data = make_colour_data(root / "data", train=TRAIN // 3, validation=VAL // 3)
+    result, stderr = fit_in_process(config(data, root / "runs", "cold", root / "cache"))
+    return Warm(data, root / "cache", root / "runs", result, stderr)
+
+
+# --- 1. hit and miss -------------------------------------------------------------------------
+
+def test_cold_run_computes_every_row(warm):
+    """A cold cache: every training and validation image's features (phase 1) and its
+    activations at the freeze point (phase 2) are computed once, into two key folders
+    each holding one pointer and one .npy per split, and no temporary file is left."""
+    assert warm.result.features_computed == 2 * ROWS
+    assert cache_line(warm.stderr, 1) == (0, ROWS)
+    assert cache_line(warm.stderr, 2) == (0, ROWS)
+    assert "phase 2: training on cached activations (32, 32, 8)" in warm.stderr
+    keys = key_folders(warm.cache)
+    assert sorted(k["boundary"] for k in keys.values()) == ["features", BOUNDARY_KEY]
+    for folder, key in keys.items():
+        assert (key["backbone"], key["image_size"], key["weights"], key["seed"], key["view"]) == (
+            "tiny_cnn", 32, "none", 0, None)
+        for split, n in (("train", TRAIN), ("validation", VAL)):
+            assert len(npy_files(folder, split)) == 1
+            hashes, rows = split_rows(folder, split)
+            assert len(hashes) == len(rows) == n
+            assert np.isfinite(rows).all()
+    _, features = split_rows(folder_for(warm.cache, boundary="features"), "train")
+    assert features.shape == (TRAIN, 32)
+    _, activations = split_rows(folder_for(warm.cache, boundary=BOUNDARY_KEY), "validation")
+    assert activations.shape == (VAL, 32, 32, 8)
+    assert leftovers(warm.cache) == []
+
+
+def test_warm_run_computes_nothing_and_trains_the_same(warm, tmp_path):
+    """The same run again (a new run name): 0 rows computed in either phase, the cache files
+    untouched, and the very same history.csv as the cold run."""
+    cache = copy_cache(warm, tmp_path)
+    before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "again", cache))
+    assert result.features_computed == 0
+    assert cache_line(stderr, 1) == (ROWS, 0)
+    assert cache_line(stderr, 2) == (ROWS, 0)
+    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before
+    assert (tmp_path / "runs" / "again" / "history.csv").read_text() == \
+        (warm.runs / "cold" / "history.csv").read_text()
+
+
+# --- 2. invalidation of exactly what changed -------------------------------------------------
+
+def test_image_size_change_recomputes_everything(warm, tmp_path):
+    """--image-size 24: a new key, every row computed again in both phases; the 32 px
+    folders are left as they were."""
+    cache = copy_cache(warm, tmp_path)
+    old = {f: (f / "train.json").read_text() for f in key_folders(cache)}
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "px24", cache, image_size=24))
+    assert result.features_computed == 2 * ROWS
+    assert cache_line(stderr, 1) == (0, ROWS) and cache_line(stderr, 2) == (0, ROWS)
+    assert "cached activations (24, 24, 8)" in stderr
+    assert {f: (f / "train.json").read_text() for f in old} == old
+    new = [k for k in key_folders(cache).values() if k["image_size"] == 24]
+    assert sorted(k["boundary"] for k in new) == ["features", BOUNDARY_KEY]
+
+
+def test_freeze_point_change_recomputes_only_the_boundary(warm, tmp_path):
+    """--freeze block2_out: phase 1's pooled features do not depend on the freeze point and
+    are all reused; phase 2's activations at block2_out are all computed."""
+    cache = copy_cache(warm, tmp_path)
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "b2", cache, freeze="block2_out"))
+    assert result.features_computed == ROWS
+    assert cache_line(stderr, 1) == (ROWS, 0)
+    assert cache_line(stderr, 2) == (0, ROWS)
+    assert "cached activations (16, 16, 16)" in stderr
+    _, rows = split_rows(folder_for(cache, boundary=BLOCK2_KEY), "train")
+    assert rows.shape == (TRAIN, 16, 16, 16)
+
+
+def test_seed_is_part_of_the_key_when_weights_are_none(warm, tmp_path):
+    """--weights none: the seed decides the backbone's random weights, so another seed
+    computes every row again (under its own key)."""
+    cache = copy_cache(warm, tmp_path)
+    result, _ = fit_in_process(config(warm.data, tmp_path / "runs", "seed1", cache, seed=1))
+    assert result.features_computed == 2 * ROWS
+    seed0 = split_rows(folder_for(cache, boundary="features", seed=0), "train")[1]
+    seed1 = split_rows(folder_for(cache, boundary="features", seed=1), "train")[1]
+    assert not np.allclose(seed0, seed1)
+
+
+def _weights_file(path: Path, seed: int) -> Path:
+    import keras
+
+    from retrain.backbones import get_spec
+    from retrain.model import build_backbone
+
+    keras.utils.set_random_seed(seed)
+    build_backbone(get_spec("tiny_cnn"), 32, None, "none").save_weights(str(path))
+    return path
+
+
+def test_weights_file_content_is_part_of_the_key(warm, tmp_path):
+    """Two different .weights.h5 files each compute every row; a byte-identical copy of the
+    first at another path, with another --seed, reuses every row (the key holds the file's
+    content hash, and the seed only matters for --weights none)."""
+    a = _weights_file(tmp_path / "a.weights.h5", 1)
+    b = _weights_file(tmp_path / "b.weights.h5", 2)
+    assert file_digest(str(a)) != file_digest(str(b))
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    first, _ = fit_in_process(config(warm.data, runs, "a", cache, weights=str(a)))
+    second, _ = fit_in_process(config(warm.data, runs, "b", cache, weights=str(b)))
+    assert (first.features_computed, second.features_computed) == (2 * ROWS, 2 * ROWS)
+    copy = tmp_path / "elsewhere" / "copy.weights.h5"
+    copy.parent.mkdir()
+    shutil.copyfile(a, copy)
+    third, _ = fit_in_process(config(warm.data, runs, "a-copy", cache, weights=str(copy), seed=3))
+    assert third.features_computed == 0
+    fa = split_rows(folder_for(cache, boundary="features", weights=file_digest(str(a))), "train")[1]
+    fb = split_rows(folder_for(cache, boundary="features", weights=file_digest(str(b))), "train")[1]
+    assert not np.allclose(fa, fb)
+    assert all(k["seed"] is None for k in key_folders(cache).values())
+
+
+def _copy_data(warm: Warm, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(warm.data, data)
+    return data
+
+
+@pytest.mark.parametrize("side", ["train", "validation"])
+def test_changed_image_recomputes_only_its_rows(warm, tmp_path, side):
+    """One image's pixels rewritten: exactly its row is computed again, in phase 1's
+    features and in phase 2's activations of its split (1 + 1); every other row is the
+    old one, the other split is untouched, and the superseded .npy is deleted."""
+    data = _copy_data(warm, tmp_path)
+    changed = data / side / "cyan" / "cyan_001.png"
+    old_hash = file_digest(str(changed))
+    write_png(changed, noisy_colour(COLOURS["cyan"], np.random.default_rng(99)))
+    new_hash = file_digest(str(changed))
+    assert new_hash != old_hash
+    cache = copy_cache(warm, tmp_path)
+    result, stderr = fit_in_process(config(data, tmp_path / "runs", "changed", cache))
+    assert result.features_computed == 2
+    assert cache_line(stderr, 1) == (ROWS - 1, 1)
+    assert cache_line(stderr, 2) == (ROWS - 1, 1)
+    other = "validation" if side == "train" else "train"
+    for boundary in ("features", BOUNDARY_KEY):
+        before = folder_for(warm.cache, boundary=boundary)
+        after = folder_for(cache, boundary=boundary)
+        old_rows, new_rows = rows_by_hash(before, side), rows_by_hash(after, side)
+        assert set(new_rows) == set(old_rows) - {old_hash} | {new_hash}
+        for h in set(old_rows) - {old_hash}:
+            np.testing.assert_array_equal(new_rows[h], old_rows[h])
+        assert not np.array_equal(new_rows[new_hash], old_rows[old_hash])
+        assert len(npy_files(after, side)) == 1
+        assert (after / f"{other}.json").read_text() == (before / f"{other}.json").read_text()
+    assert leftovers(cache) == []
+
+
+def test_added_image_computes_one_row_per_stage(warm, tmp_path):
+    """A new training image: its row is the only one computed, once for phase 1's features
+    and once for phase 2's activations."""
+    data = _copy_data(warm, tmp_path)
+    write_png(data / "train" / "magenta" / "magenta_new.png",
+              noisy_colour(COLOURS["magenta"], np.random.default_rng(7)))
+    cache = copy_cache(warm, tmp_path)
+    result, stderr = fit_in_process(config(data, tmp_path / "runs", "added", cache))
+    assert result.features_computed == 2
+    assert cache_line(stderr, 1) == (ROWS, 1)
+    assert cache_line(stderr, 2) == (ROWS, 1)
+    hashes, rows = split_rows(folder_for(cache, boundary="features"), "train")
+    assert len(hashes) == len(rows) == TRAIN + 1
+
+
+# --- 3 and 6. SplitCache: killed writes, reordered rows ---------------------------------------
+
+ROW_SHAPE = (3, 2)
+
+
+def _library_files(tmp_path: Path, n: int) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """n small files with distinct contents -> (paths, sha1 hashes, path -> its true row)."""
+    rng = np.random.default_rng(0)
+    files, truth = [], {}
+    for i in range(n):
+        path = tmp_path / "images" / f"img_{i:02d}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"image {i}".encode())
+        files.append(str(path))
+        # values a float16 holds exactly, so cached rows compare exactly
+        truth[str(path)] = rng.integers(-512, 512, ROW_SHAPE).astype(np.float32) / 8
+    return files, content_hashes(files), truth
+
+
+def _extract(truth: dict[str, np.ndarray], batch: int = 2, fail_after: int | None = None, seen=None):
+    """An extract function: the true rows of the asked files, `batch` at a time; with
+    `fail_after`, raises after that many batches (a crash mid-write)."""
+
+    def run(files):
+        if seen is not None:
+            seen.extend(files)
+        for b, start in enumerate(range(0, len(files), batch)):
+            if fail_after is not None and b == fail_after:
+                raise RuntimeError("killed")
+            positions = np.arange(start, min(start + batch, len(files)))
+            yield np.stack([truth[files[p]] for p in positions]), positions
+
+    return run
+
+
+def _expected(files, truth) -> np.ndarray:
+    return np.stack([truth[f] for f in files])
+
+
+def test_library_first_ensure_then_hit(tmp_path):
+    """ensure computes every row of a new split, in file order, as float16; the same call
+    again computes none and calls extract with nothing to do."""
+    files, hashes, truth = _library_files(tmp_path, 7)
+    cache = SplitCache(tmp_path / "key", "train")
+    (tmp_path / "key").mkdir()
+    rows = cache.ensure(files, hashes, _extract(truth))
+    assert cache.computed == 7 and rows.dtype == np.float16 and rows.shape == (7,) + ROW_SHAPE
+    np.testing.assert_array_equal(np.asarray(rows, np.float32), _expected(files, truth))
+    seen = []
+    again = cache.ensure(files, hashes, _extract(truth, seen=seen))
+    assert cache.computed == 0 and seen == []
+    np.testing.assert_array_equal(np.asarray(again, np.float32), _expected(files, truth))
+
+
+def test_library_killed_first_write_is_never_read(tmp_path):
+    """A first write killed midway (extract yields one batch then raises), with a stale
+    temporary file and a truncated .npy (of exactly the name the write would produce) in
+    the folder: no pointer is written; the next ensure computes every row and returns the
+    right values, whatever the leftovers held."""
+    files, hashes, truth = _library_files(tmp_path, 7)
+    # learn the name a complete write of these rows gets, elsewhere
+    (tmp_path / "scratch").mkdir()
+    SplitCache(tmp_path / "scratch", "train").ensure(files, hashes, _extract(truth))
+    final = json.loads((tmp_path / "scratch" / "train.json").read_text())["file"]
+    folder = tmp_path / "key"
+    folder.mkdir()
+    whole = (tmp_path / "scratch" / final).read_bytes()
+    (folder / final).write_bytes(whole[: len(whole) // 2])  # truncated, named in no pointer
+    (folder / f".{final}.99999.tmp").write_bytes(whole[:200])  # a killed process' temp file
+    (folder / "train-0123456789ab.npy").write_bytes(b"\x93NUMPY garbage")
+
+    cache = SplitCache(folder, "train")
+    with pytest.raises(RuntimeError, match="killed"):
+        cache.ensure(files, hashes, _extract(truth, fail_after=1))
+    assert not (folder / "train.json").exists()
+
+    seen = []
+    rows = cache.ensure(files, hashes, _extract(truth, seen=seen))
+    assert cache.computed == 7 and seen == files
+    np.testing.assert_array_equal(np.asarray(rows, np.float32), _expected(files, truth))
+    meta = json.loads((folder / "train.json").read_text())
+    assert meta["file"] == final and meta["hashes"] == hashes
+    np.testing.assert_array_equal(np.load(folder / final).astype(np.float32), _expected(files, truth))
+
+
+def test_library_killed_update_keeps_the_old_rows(tmp_path):
+    """A cached split, then an update (3 images changed) killed midway: the pointer and the
+    .npy it names are unchanged and still read back the old rows; the next ensure computes
+    exactly the 3 changed rows and returns every row right."""
+    files, hashes, truth = _library_files(tmp_path, 8)
+    folder = tmp_path / "key"
+    folder.mkdir()
+    cache = SplitCache(folder, "train")
+    cache.ensure(files, hashes, _extract(truth))
+    pointer = (folder / "train.json").read_text()
+    old_file = json.loads(pointer)["file"]
+
+    changed = [1, 4, 6]
+    for i in changed:
+        Path(files[i]).write_bytes(f"changed {i}".encode())
+        truth[files[i]] = truth[files[i]] + 1
+    new_hashes = content_hashes(files)
+    assert [i for i in range(8) if new_hashes[i] != hashes[i]] == changed
+
+    with pytest.raises(RuntimeError, match="killed"):
+        cache.ensure(files, new_hashes, _extract(truth, fail_after=1))
+    assert (folder / "train.json").read_text() == pointer
+    old_rows = np.load(folder / old_file).astype(np.float32)
+    for i in range(8):
+        expected = truth[files[i]] - (1 if i in changed else 0)
+        np.testing.assert_array_equal(old_rows[i], expected)
+
+    seen = []
+    rows = cache.ensure(files, new_hashes, _extract(truth, seen=seen))
+    assert cache.computed == 3 and seen == [files[i] for i in changed]
+    np.testing.assert_array_equal(np.asarray(rows, np.float32), _expected(files, truth))
+    assert not (folder / old_file).exists()  # the superseded rows are deleted
+    assert npy_files(folder, "train") == [json.loads((folder / "train.json").read_text())["file"]]
+
+
+def test_library_reordered_files_reuse_every_row(tmp_path):
+    """The same images in another order: 0 rows computed, extract never asked, and the rows
+    come back in the new order (the pointer now lists the hashes in that order)."""
+    files, hashes, truth = _library_files(tmp_path, 9)
+    folder = tmp_path / "key"
+    folder.mkdir()
+    SplitCache(folder, "train").ensure(files, hashes, _extract(truth))
+    order = np.random.default_rng(3).permutation(9)
+    assert (order != np.arange(9)).any()
+    files2, hashes2 = [files[i] for i in order], [hashes[i] for i in order]
+    cache, seen = SplitCache(folder, "train"), []
+    rows = cache.ensure(files2, hashes2, _extract(truth, seen=seen))
+    assert cache.computed == 0 and seen == []
+    np.testing.assert_array_equal(np.asarray(rows, np.float32), _expected(files2, truth))
+    assert json.loads((folder / "train.json").read_text())["hashes"] == hashes2
+    assert len(npy_files(folder, "train")) == 1
+
+
+def test_default_cache_dir_is_beside_the_data(tmp_path):
+    """Without --cache-dir the cache goes beside the data folder: data/x -> data/.x-cache."""
+    (tmp_path / "data" / "toy").mkdir(parents=True)
+    assert default_cache_dir(tmp_path / "data" / "toy") == tmp_path / "data" / ".toy-cache"
+    assert default_cache_dir(f"{tmp_path}/data/toy/") == tmp_path / "data" / ".toy-cache"
+
+
+# --- 4. cached and uncached training agree ---------------------------------------------------
+
+def test_cached_and_uncached_runs_agree(warm, tmp_path):
+    """--no-cache reads images every epoch and touches no cache; its head weights and its
+    losses equal the cached run's within float16 rounding of the cached rows."""
+    cache = tmp_path / "never"
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "plain", cache, cache=False))
+    assert result.features_computed == 0
+    assert "phase 1: reading images every epoch (--no-cache)" in stderr
+    assert "phase 2: reading images every epoch (--no-cache)" in stderr
+    assert not cache.exists()
+    cached = load_model(warm.runs / "cold" / "model.keras").get_layer("predictions")
+    plain = load_model(tmp_path / "runs" / "plain" / "model.keras").get_layer("predictions")
+    for a, b, what in zip(cached.get_weights(), plain.get_weights(), ("kernel", "bias")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3, err_msg=what)
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(column(warm.runs / "cold", key), column(tmp_path / "runs" / "plain", key),
+                                   rtol=0, atol=1e-3, err_msg=key)
+
+
+# --- 5. the budget, --augment and --cache-views ----------------------------------------------
+
+def test_cache_budget_zero_reads_images_in_phase_2(warm, tmp_path):
+    """--cache-budget 0: phase 2's activations do not fit, so phase 2 reads images (and says
+    why); phase 1 still caches its features."""
+    cache = tmp_path / "cache"
+    result = invoke(fit_args(warm.data, tmp_path / "runs", "budget0", freeze=BOUNDARY, epochs=1,
+                             fine_tune_epochs=1, batch_size=4, cache_dir=cache, cache_budget="0"))
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert cache_line(result.stderr, 1) == (0, ROWS)
+    assert re.search(r"phase 2: reading images every epoch \(its cache would take [\d.]+ GiB, "
+                     r"over --cache-budget 0\)", result.stderr), result.stderr
+    assert "phase 2: training on cached" not in result.stderr
+    assert [k["boundary"] for k in key_folders(cache).values()] == ["features"]
+
+
+@pytest.mark.parametrize("budget, cached", [("288K", True), ("287K", False)])
+def test_cache_budget_boundary(warm, tmp_path, budget, cached):
+    """The phase-2 activations take 32*32*8 values * 2 bytes * 18 images = 288 KiB: a budget
+    of exactly that caches them, one KiB less does not."""
+    cache = copy_cache(warm, tmp_path)
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "b", cache, epochs=1,
+                                           cache_budget=budget))
+    assert ("phase 2: training on cached activations" in stderr) == cached, stderr
+    assert ("over --cache-budget" in stderr) == (not cached), stderr
+    assert result.features_computed == 0
+
+
+def test_augment_without_views_reads_images(warm, tmp_path):
+    """--augment flip without --cache-views: both phases read images every epoch (saying
+    why), and nothing is cached."""
+    cache = tmp_path / "cache"
+    result = invoke(fit_args(warm.data, tmp_path / "runs", "aug", freeze=BOUNDARY, epochs=1,
+                             fine_tune_epochs=1, batch_size=4, cache_dir=cache, augment="flip"))
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "phase 1: reading images every epoch (--augment without --cache-views)" in result.stderr
+    assert "phase 2: reading images every epoch (augmentation changes" in result.stderr
+    assert "training on cached" not in result.stderr
+    assert key_folders(cache) == {}
+
+
+def test_two_augmented_views(warm, tmp_path):
+    """--augment flip --cache-views 2: phase 1 caches two augmented views of every training
+    image (under view 0 and view 1 keys that name the augmentation) and one plain row per
+    validation image: 2 * 12 + 6 rows. The views differ for some images (random flips), and
+    the same run again computes nothing."""
+    cache = tmp_path / "cache"
+    cfg = dict(augment=("flip",), cache_views=2, fine_tune_epochs=0)
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "views", cache, **cfg))
+    assert result.features_computed == 2 * TRAIN + VAL
+    assert cache_line(stderr, 1) == (0, 2 * TRAIN + VAL)
+    views = {}
+    for folder, key in key_folders(cache).items():
+        if key["view"] is None:
+            assert "augment" not in key
+            assert (folder / "validation.json").exists() and not (folder / "train.json").exists()
+        else:
+            assert key["augment"] == ["flip"] and key["boundary"] == "features"
+            assert not (folder / "validation.json").exists()
+            views[key["view"]] = split_rows(folder, "train")
+    assert sorted(views) == [0, 1]
+    (h0, v0), (h1, v1) = views[0], views[1]
+    assert h0 == h1 and v0.shape == v1.shape == (TRAIN, 32)
+    differ = np.abs(v0 - v1).max(axis=1) > 0
+    assert differ.any(), "the two cached views are identical"
+    again, _ = fit_in_process(config(warm.data, tmp_path / "runs", "views2", cache, **cfg))
+    assert again.features_computed == 0
+
+
+def test_one_augmented_view_is_augmented(warm, tmp_path):
+    """--augment flip --cache-views 1 (`--cache-views` help: "cache K augmented views per
+    image"): the one cached training view is augmented, so it is not the plain rows of a
+    run without --augment: the 12 training rows are computed (validation rows are reused)
+    under a key that names the augmentation."""
+    cache = copy_cache(warm, tmp_path)
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "view1", cache,
+                                           augment=("flip",), cache_views=1, fine_tune_epochs=0))
+    assert any(k.get("augment") == ["flip"] for k in key_folders(cache).values()), \
+        f"no key names the augmentation: --augment flip was dropped\n{stderr}"
+    assert result.features_computed == TRAIN
+
+
+# --- 7. resume ------------------------------------------------------------------------------
+
+def test_resume_reuses_the_cache(warm, tmp_path):
+    """`fit --resume RUN --epochs 2` after a 1-epoch run: phase 1 trains on the rows the first
+    run cached (the run's --cache-dir is kept), 0 computed."""
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    first = invoke(fit_args(warm.data, runs, "res", freeze=BOUNDARY, epochs=1, fine_tune_epochs=0,
+                            batch_size=4, cache_dir=cache))
+    assert first.exit_code == 0, (first.output, first.exception)
+    assert cache_line(first.stderr, 1) == (0, ROWS)
+    resumed = invoke(["fit", "--resume", str(runs / "res"), "--epochs", "2"])
+    assert resumed.exit_code == 0, (resumed.output, resumed.exception)
+    assert "phase 1, 1 epochs and 0 steps done" in resumed.stderr
+    assert cache_line(resumed.stderr, 1) == (ROWS, 0)
+    assert f"{ROWS} rows reused, 0 computed, in {cache}" in resumed.stderr
+    assert [row["epoch"] for row in read_history(runs / "res")] == [0, 1]
+
+
+# --- init-from and the key -------------------------------------------------------------------
+
+def test_init_from_a_checkpoint_prefix_caches(warm, tmp_path):
+    """--init-from RUN/ckpt/ckpt-N (a checkpoint prefix, which `--init-from` accepts: no file
+    has that exact name) starts a cached run like --init-from RUN does."""
+    prefix = sorted((warm.runs / "cold" / "ckpt").glob("ckpt-*.index"))[-1].with_suffix("")
+    assert not prefix.exists() and Path(f"{prefix}.index").is_file()
+    result = invoke(fit_args(warm.data, tmp_path / "runs", "init", freeze=BOUNDARY, epochs=1,
+                             fine_tune_epochs=0, batch_size=4, cache_dir=tmp_path / "cache",
+                             init_from=prefix))
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    assert f"initialised from {prefix}" in result.stderr
+    assert cache_line(result.stderr, 1) == (0, ROWS)
+
+
+# --- an image that passes the scan but does not decode ----------------------------------------
+
+def test_undecodable_image_does_not_shift_cached_rows(warm, tmp_path):
+    """A truncated JPEG passes the data scan (PIL parses its header) but TensorFlow cannot
+    decode it, and the input pipeline drops it (`ignore_errors`). The cache must not pair
+    the rows that follow with the wrong images: either the run stops naming the file, or
+    every readable image's cached row is its own (as in a clean run) and none is left
+    zero-filled. Those rows are kept under the images' hashes and reused by later runs."""
+    from retrain.errors import RetrainError
+    from PIL import Image
+
+    data = _copy_data(warm, tmp_path)
+    good = tmp_path / "whole.jpg"
+    Image.fromarray(noisy_colour(COLOURS["cyan"], np.random.default_rng(5))).save(good, quality=95)
+    whole = good.read_bytes()
+    bad = data / "train" / "cyan" / "cyan_000x.jpg"  # sorts second among the training files
+    bad.write_bytes(whole[: int(len(whole) * 0.8)])
+    cache = tmp_path / "cache"
+    try:
+        fit_in_process(config(data, tmp_path / "runs", "bad", cache, epochs=1, fine_tune_epochs=0))
+    except RetrainError as err:  # refusing the file is fine
+        assert "cyan_000x.jpg" in str(err)
+        return
+    clean = rows_by_hash(folder_for(warm.cache, boundary="features"), "train")
+    cached = rows_by_hash(folder_for(cache, boundary="features"), "train")
+    hashes = list(clean)
+    table = np.stack([clean[h] for h in hashes])
+    # each image's cached row must be nearer its own clean row than any other image's
+    zero = [h for h in hashes if not cached[h].any()]
+    wrong = [h for h in hashes if h not in zero
+             and hashes[int(np.abs(table - cached[h]).sum(axis=1).argmin())] != h]
+    assert (wrong, zero) == ([], []), (f"{len(wrong)} of {len(clean)} readable images have another "
+                                       f"image's row; {len(zero)} have a zero-filled row")
