@@ -69,7 +69,7 @@ def raw_and_pipeline(data_dir: Path, args) -> tuple[float, float]:
     import tensorflow as tf
 
     from retrain.backbones import get_spec
-    from retrain.bottleneck import _extract
+    from retrain.bottleneck import extract_fn
     from retrain.data import eval_dataset, load_folders
     from retrain.model import build_backbone, build_classifier, feature_extractor
 
@@ -89,10 +89,10 @@ def raw_and_pipeline(data_dir: Path, args) -> tuple[float, float]:
     start = time.perf_counter()
     n = sum(int(forward(x).shape[0]) for x in batches)
     raw = n / (time.perf_counter() - start)
-    run = _extract(extractor, args.image_size, args.batch_size, training=False)
+    run = extract_fn(extractor, args.image_size, args.batch_size, training=False)
     list(run(files[: args.batch_size]))  # trace
     start = time.perf_counter()
-    n = sum(len(b) for b in run(files))
+    n = sum(len(rows) for rows, _ in run(files))
     piped = n / (time.perf_counter() - start)
     return raw, piped
 

@@ -35,10 +35,13 @@ class CachedSplit:
         return self.views[0].shape[1:]
 
 
-def _extract(extractor, image_size: int, batch_size: int, training: bool):
-    """files -> batches of the extractor's output, through the real input pipeline."""
+def extract_fn(extractor, image_size: int, batch_size: int, training: bool):
+    """files -> batches of the extractor's output, through the real input pipeline.
 
-    @tf.function(reduce_retracing=True)
+    One traced function for every call; a short last batch is padded to the full size, so
+    no shape is ever traced (and its oneDNN kernels prepared) twice."""
+
+    @tf.function
     def forward(images):
         return extractor(images, training=training)
 
@@ -48,19 +51,22 @@ def _extract(extractor, image_size: int, batch_size: int, training: bool):
         # The label slot carries each file's position, so a file dropped by the pipeline
         # (undecodable) is known rather than shifting every later row.
         split = Split(tuple(files), np.arange(len(files), dtype=np.int64))
-        for images, positions in eval_dataset(split, len(files), image_size, batch_size):
-            yield forward(images).numpy(), positions.numpy().argmax(axis=1)
+        for images, positions in eval_dataset(split, None, image_size, batch_size):
+            n = int(images.shape[0])
+            if n < batch_size:
+                images = tf.pad(images, [[0, batch_size - n], [0, 0], [0, 0], [0, 0]])
+            yield forward(images).numpy()[:n], positions.numpy()
 
     return run
 
 
 def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, num_classes: int,
-                extractor, image_size: int, batch_size: int, views: int = 1,
-                set_view=None) -> tuple[CachedSplit, int]:
+                extract, views: int = 1, set_view=None) -> tuple[CachedSplit, int]:
     """Make sure the rows of every image (and view) are cached; -> (rows, how many computed).
 
-    With `set_view`, the rows are augmented views: `set_view(v)` seeds the extractor's random
-    layers for view v, and the extractor runs in training mode so they are active."""
+    `extract` comes from `extract_fn`. With `set_view`, the rows are augmented views:
+    `set_view(v)` seeds the extractor's random layers for view v (and `extract` must run the
+    extractor in training mode, so they are active)."""
     hashes = content_hashes(split.files)
     arrays, computed = [], 0
     for view in range(views):
@@ -68,20 +74,24 @@ def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, num
         if set_view is not None:
             set_view(view)
         cache = SplitCache(folder, split_name)
-        arrays.append(cache.ensure(list(split.files), hashes,
-                                   _extract(extractor, image_size, batch_size, training=set_view is not None)))
+        arrays.append(cache.ensure(list(split.files), hashes, extract))
         computed += cache.computed
     return CachedSplit(arrays, split.labels, num_classes), computed
 
 
-def _served(rows: np.ndarray) -> np.ndarray:
-    return np.asarray(rows) if rows.nbytes <= IN_MEMORY_BYTES else rows
+def _source(rows: np.ndarray):
+    """Small rows become one in-graph constant (gathered by TensorFlow, no Python per batch);
+    large ones stay memory-mapped and are gathered by numpy."""
+    return tf.constant(np.asarray(rows)) if rows.nbytes <= IN_MEMORY_BYTES else rows
 
 
-def _gather(rows: np.ndarray, labels: np.ndarray, num_classes: int, shape):
+def _gather(source, labels, num_classes: int, shape):
     def gather(index):
-        x = tf.numpy_function(lambda i: np.asarray(rows[i], dtype=np.float32), [index], tf.float32)
-        x.set_shape((None,) + tuple(shape))
+        if isinstance(source, tf.Tensor):
+            x = tf.cast(tf.gather(source, index), tf.float32)
+        else:
+            x = tf.numpy_function(lambda i: np.asarray(source[i], dtype=np.float32), [index], tf.float32)
+            x.set_shape((None,) + tuple(shape))
         return x, tf.one_hot(tf.gather(labels, index), num_classes)
 
     return gather
@@ -92,21 +102,22 @@ def train_dataset(cached: CachedSplit, batch_size: int, seed: int, first_epoch: 
     """Like data.train_dataset, over cached rows: epoch e reads view e % views."""
     n = len(cached.labels)
     labels = tf.constant(cached.labels)
+    sources = [_source(rows) for rows in cached.views]
     indices = tf.data.Dataset.range(n)
     ds = None
     for epoch in range(first_epoch, end_epoch):
-        rows = _served(cached.views[epoch % len(cached.views)])
+        gather = _gather(sources[epoch % len(sources)], labels, cached.num_classes, cached.shape)
         one = indices.shuffle(n, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
         if epoch == first_epoch and skip_batches:
             one = one.skip(skip_batches * batch_size)
-        one = one.batch(batch_size).map(_gather(rows, labels, cached.num_classes, cached.shape))
+        one = one.batch(batch_size).map(gather)
         ds = one if ds is None else ds.concatenate(one)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset_cached(cached: CachedSplit, batch_size: int):
     n = len(cached.labels)
-    gather = _gather(_served(cached.views[0]), tf.constant(cached.labels), cached.num_classes, cached.shape)
+    gather = _gather(_source(cached.views[0]), tf.constant(cached.labels), cached.num_classes, cached.shape)
     return tf.data.Dataset.range(n).batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
 
 

@@ -152,9 +152,6 @@ def fit(
     if resume is not None:
         config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
     else:
-        if name is None:
-            import time
-            values["name"] = f"{backbone.replace('hub:', 'hub-').replace('/', '_')[-40:]}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = run(lambda: FitConfig(**values))
     from retrain.train import fit as job
 

@@ -175,6 +175,14 @@ class FitConfig(_JsonMixin):
         return None if self.weights in ("imagenet", "none") else Path(self.weights)
 
 
+def default_run_name(backbone: str) -> str:
+    """<backbone>-<date>-<time>, a plain folder name (a hub handle's slashes become _)."""
+    import time
+
+    safe = backbone.replace("hub:", "hub-").replace("/", "_").replace("\\", "_").strip("._") or "run"
+    return f"{safe[-40:]}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

@@ -144,14 +144,15 @@ def class_weights(split: Split, num_classes: int) -> dict[int, float]:
 
 # --- tf.data -----------------------------------------------------------------------------
 
-def _loader(image_size: int, num_classes: int):
+def _loader(image_size: int, num_classes: int | None):
+    """(path, label) -> (image float32 0-255, label one-hot; or as it is for num_classes None)."""
     import tensorflow as tf
 
     def load(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         image = tf.image.resize(image, (image_size, image_size))  # float32, still 0-255
         image.set_shape((image_size, image_size, 3))
-        return image, tf.one_hot(label, num_classes)
+        return image, label if num_classes is None else tf.one_hot(label, num_classes)
 
     return load
 
@@ -162,8 +163,9 @@ def _files_dataset(split: Split):
     return tf.data.Dataset.from_tensor_slices((list(split.files), split.labels))
 
 
-def eval_dataset(split: Split, num_classes: int, image_size: int, batch_size: int):
-    """Decode, resize, batch, prefetch; fixed order."""
+def eval_dataset(split: Split, num_classes: int | None, image_size: int, batch_size: int):
+    """Decode, resize, batch, prefetch; fixed order. Labels one-hot, or as they are for
+    num_classes None."""
     import tensorflow as tf
 
     ds = _files_dataset(split).map(_loader(image_size, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
