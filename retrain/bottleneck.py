@@ -79,18 +79,25 @@ def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, num
     return CachedSplit(arrays, split.labels, num_classes), computed
 
 
-def _source(rows: np.ndarray):
-    """Small rows become one in-graph constant (gathered by TensorFlow, no Python per batch);
-    large ones stay memory-mapped and are gathered by numpy."""
-    return tf.constant(np.asarray(rows)) if rows.nbytes <= IN_MEMORY_BYTES else rows
+def _source(views: list[np.ndarray]):
+    """All views' rows, one after another: small ones as one in-graph constant (gathered by
+    TensorFlow, no Python per batch), large ones memory-mapped and gathered by numpy."""
+    if sum(v.nbytes for v in views) <= IN_MEMORY_BYTES:
+        return tf.constant(np.concatenate([np.asarray(v) for v in views]))
+    return views
 
 
 def _gather(source, labels, num_classes: int, shape):
-    def gather(index):
+    """(view, index batch) -> (rows as float32, one-hot labels). Captured once per dataset:
+    a constant captured by one function per epoch would be copied into each."""
+    n = len(labels)
+
+    def gather(view, index):
         if isinstance(source, tf.Tensor):
-            x = tf.cast(tf.gather(source, index), tf.float32)
+            x = tf.cast(tf.gather(source, view * n + index), tf.float32)
         else:
-            x = tf.numpy_function(lambda i: np.asarray(source[i], dtype=np.float32), [index], tf.float32)
+            x = tf.numpy_function(lambda v, i: np.asarray(source[v][i], dtype=np.float32),
+                                  [view, index], tf.float32)
             x.set_shape((None,) + tuple(shape))
         return x, tf.one_hot(tf.gather(labels, index), num_classes)
 
@@ -101,24 +108,24 @@ def train_dataset(cached: CachedSplit, batch_size: int, seed: int, first_epoch: 
                   end_epoch: int, skip_batches: int = 0):
     """Like data.train_dataset, over cached rows: epoch e reads view e % views."""
     n = len(cached.labels)
-    labels = tf.constant(cached.labels)
-    sources = [_source(rows) for rows in cached.views]
     indices = tf.data.Dataset.range(n)
     ds = None
     for epoch in range(first_epoch, end_epoch):
-        gather = _gather(sources[epoch % len(sources)], labels, cached.num_classes, cached.shape)
         one = indices.shuffle(n, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
         if epoch == first_epoch and skip_batches:
             one = one.skip(skip_batches * batch_size)
-        one = one.batch(batch_size).map(gather)
+        view = tf.constant(epoch % len(cached.views), dtype=tf.int64)
+        one = one.batch(batch_size).map(lambda index, view=view: (view, index))
         ds = one if ds is None else ds.concatenate(one)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    gather = _gather(_source(cached.views), tf.constant(cached.labels), cached.num_classes, cached.shape)
+    return ds.map(gather).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset_cached(cached: CachedSplit, batch_size: int):
-    n = len(cached.labels)
-    gather = _gather(_source(cached.views[0]), tf.constant(cached.labels), cached.num_classes, cached.shape)
-    return tf.data.Dataset.range(n).batch(batch_size).map(gather).prefetch(tf.data.AUTOTUNE)
+    gather = _gather(_source(cached.views[:1]), tf.constant(cached.labels), cached.num_classes, cached.shape)
+    zero = tf.constant(0, dtype=tf.int64)
+    return (tf.data.Dataset.range(len(cached.labels)).batch(batch_size)
+            .map(lambda index: (zero, index)).map(gather).prefetch(tf.data.AUTOTUNE))
 
 
 def boundary_bytes(shape, images: int, views: int = 1) -> int:
