@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from retrain.cache import SplitCache, content_hashes, key_folder
+from retrain.cache import SplitCache, key_folder
 from retrain.data import Split, eval_dataset
 
 IN_MEMORY_BYTES = 1 << 30  # rows below this are read into memory; above, served from the map
@@ -60,14 +60,13 @@ def extract_fn(extractor, image_size: int, batch_size: int, training: bool):
     return run
 
 
-def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, num_classes: int,
-                extract, views: int = 1, set_view=None) -> tuple[CachedSplit, int]:
+def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, hashes: list[str],
+                num_classes: int, extract, views: int = 1, set_view=None) -> tuple[CachedSplit, int]:
     """Make sure the rows of every image (and view) are cached; -> (rows, how many computed).
 
     `extract` comes from `extract_fn`. With `set_view`, the rows are augmented views:
     `set_view(v)` seeds the extractor's random layers for view v (and `extract` must run the
-    extractor in training mode, so they are active)."""
-    hashes = content_hashes(split.files)
+    extractor in training mode, so they are active). `hashes`: the files' content hashes."""
     arrays, computed = [], 0
     for view in range(views):
         folder = key_folder(folder_root, {**key, "view": view if set_view else None})

@@ -18,7 +18,7 @@ import numpy as np
 
 from retrain import checkpoints as ckpts
 from retrain.backbones import check_alpha, check_image_size, get_spec
-from retrain.cache import default_cache_dir
+from retrain.cache import content_hashes, default_cache_dir
 from retrain.config import FitConfig, default_run_name, parse_size
 from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, load_folders,
                           steps_per_epoch, train_dataset)
@@ -136,6 +136,7 @@ class _Trainer:
         self.cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.data)
         self.cache_computed = 0  # bottleneck rows computed by this process (tests count them)
         self._weights_key = None
+        self._hashes: dict[str, list[str]] = {}  # content hashes per split, read once per run
         self.state = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
                       for name in ("phase", "epoch", "step", "phase_start")}
         self.state["best_val_loss"] = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
@@ -251,13 +252,17 @@ class _Trainer:
         common = dict(num_classes=self.data.num_classes, folder_root=self.cache_root)
         plain = bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=False)
         augmented = bool(self.config.augment)  # (with --cache-views K >= 1, or we would not be here)
+        for name, split in (("train", self.data.train), ("validation", self.data.validation)):
+            if name not in self._hashes:
+                self._hashes[name] = content_hashes(split.files)
         train, computed = bottleneck.cache_split(
             key={**key, "augment": list(self.config.augment), "seed": self.config.seed} if augmented else key,
-            split_name="train", split=self.data.train, views=views, set_view=self._set_view if augmented else None,
+            split_name="train", split=self.data.train, hashes=self._hashes["train"], views=views,
+            set_view=self._set_view if augmented else None,
             extract=bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=True)
             if augmented else plain, **common)
         val, computed_val = bottleneck.cache_split(key=key, split_name="validation", split=self.data.validation,
-                                                   extract=plain, **common)
+                                                   hashes=self._hashes["validation"], extract=plain, **common)
         total = (len(self.data.train.files) * views + len(self.data.validation.files))
         say(f"phase {phase}: training on cached {'features' if boundary is None else 'activations'} "
             f"{tuple(extractor.output.shape[1:])} ({total - computed - computed_val:,} rows reused, "
