@@ -13,25 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
 from retrain.errors import DatasetError
+from retrain.fileindex import file_digest
 from retrain.progress import bar
-
-def file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
-
-
-def content_hashes(files: Iterable[str]) -> list[str]:
-    """sha1 of each file's bytes (threads: reading dominates)."""
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(file_digest, files, chunksize=64))
-
 
 def weights_digest(weights: str) -> str:
     """What identifies the starting weights: a file's content hash, or the word."""

@@ -23,7 +23,8 @@ import pytest
 
 from fit_fixtures import (COLOURS, column, fit_args, invoke, load_model, make_colour_data, noisy_colour,
                           read_history, write_png)
-from retrain.cache import SplitCache, content_hashes, default_cache_dir, file_digest
+from retrain.cache import SplitCache, default_cache_dir
+from retrain.fileindex import FileIndex, file_digest
 from retrain.config import FitConfig
 
 TRAIN, VAL = 12, 6  # images per side in the toy data
@@ -152,14 +153,19 @@ def test_cold_run_computes_every_row(warm):
 
 def test_warm_run_computes_nothing_and_trains_the_same(warm, tmp_path):
     """The same run again (a new run name): 0 rows computed in either phase, the cache files
-    untouched, and the very same history.csv as the cold run."""
+    untouched (files.json, a memo of file facts, may learn more), and the very same
+    history.csv as the cold run."""
     cache = copy_cache(warm, tmp_path)
-    before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+
+    def contents():
+        return {p: p.read_bytes() for p in cache.rglob("*") if p.is_file() and p.name != "files.json"}
+
+    before = contents()
     result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "again", cache))
     assert result.features_computed == 0
     assert cache_line(stderr, 1) == (ROWS, 0)
     assert cache_line(stderr, 2) == (ROWS, 0)
-    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before
+    assert contents() == before
     assert (tmp_path / "runs" / "again" / "history.csv").read_text() == \
         (warm.runs / "cold" / "history.csv").read_text()
 
@@ -304,7 +310,7 @@ def _library_files(tmp_path: Path, n: int) -> tuple[list[str], list[str], dict[s
         files.append(str(path))
         # values a float16 holds exactly, so cached rows compare exactly
         truth[str(path)] = rng.integers(-512, 512, ROW_SHAPE).astype(np.float32) / 8
-    return files, content_hashes(files), truth
+    return files, FileIndex(None).hashes(files), truth
 
 
 def _extract(truth: dict[str, np.ndarray], batch: int = 2, fail_after: int | None = None, seen=None):
@@ -389,7 +395,7 @@ def test_library_killed_update_keeps_the_old_rows(tmp_path):
     for i in changed:
         Path(files[i]).write_bytes(f"changed {i}".encode())
         truth[files[i]] = truth[files[i]] + 1
-    new_hashes = content_hashes(files)
+    new_hashes = FileIndex(None).hashes(files)
     assert [i for i in range(8) if new_hashes[i] != hashes[i]] == changed
 
     with pytest.raises(RuntimeError, match="killed"):
