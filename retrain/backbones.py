@@ -7,7 +7,9 @@ Specs are plain data, so listing them and checking flags needs no TensorFlow.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from retrain.errors import BackboneError
 
@@ -19,14 +21,17 @@ class BackboneSpec:
     """What `retrain` needs to know about a backbone before building it."""
 
     name: str
-    builder: str  # keras.applications attribute, "tiny_cnn", or "" for a hub module
+    builder: str  # keras.applications attribute, a retrain.networks builder, or "" for a hub module
     native_size: int
     min_size: int
-    preprocessing: str  # "tf": to [-1, 1]; "unit": to [0, 1]; "none": the network does its own
+    preprocessing: str  # "tf": to [-1, 1]; "unit": to [0, 1]; "caffe": BGR minus means; "none": its own
     alphas: tuple[float, ...] = ()  # width multipliers Keras has weights for; () = no --alpha
     freeze_points: tuple[str, ...] = ()  # block outputs, bottom to top: "--freeze NAME" freezes through NAME
     auto_points: tuple[str, str] | None = None  # (medium data, large data) for --freeze auto
     handle: str = ""  # hub handle or path
+    from_scratch: bool = False  # no ImageNet weights: --weights none, the whole network trains at once
+    channels_follow_data: bool = False  # 1 input channel for grayscale images (else always RGB)
+    weights_file: str = ""  # --weights imagenet: this file name in ~/.keras/models/ (not from Keras)
 
     @property
     def is_hub(self) -> bool:
@@ -57,10 +62,17 @@ REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in (
                  freeze_points=("block2b_add", "block3b_add", "block4c_add", "block5c_add",
                                 "block6d_add"),
                  auto_points=("block5c_add", "block3b_add")),
-    # A small conv net (three conv-BN-ReLU blocks) trained from scratch: for small images,
-    # quick experiments and the test suite.
+    BackboneSpec("squeezenet", "squeezenet", 224, 32, "caffe",
+                 freeze_points=tuple(f"fire{i}_concat" for i in range(2, 10)),
+                 auto_points=("fire7_concat", "fire3_concat"),
+                 weights_file="squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # A small conv net (three conv-BN-ReLU blocks): for quick experiments and the test suite,
+    # where it stands in for a pretrained backbone (two phases, freeze points).
     BackboneSpec("tiny_cnn", "tiny_cnn", 32, 8, "unit",
                  freeze_points=("block1_out", "block2_out"), auto_points=("block2_out", "block1_out")),
+    # Compact networks for small images (Quick, Draw! doodles), trained from scratch.
+    *(BackboneSpec(name, name, 28, size, "unit", from_scratch=True, channels_follow_data=True)
+      for name, size in (("simple_cnn", 17), ("k1k3_cnn", 4), ("gap_cnn", 4), ("lenet5", 12))),
 )}
 
 
@@ -89,6 +101,26 @@ def check_alpha(spec: BackboneSpec, alpha: float | None, weights: str) -> float 
                             f"{', '.join(map(str, spec.alphas))}", alpha,
                             "pick one of those, or pass --weights none")
     return alpha
+
+
+def check_weights(spec: BackboneSpec, weights: str) -> None:
+    """Refuse ImageNet weights a backbone does not have, before anything loads."""
+    if weights != "imagenet" or spec.is_hub:
+        return
+    if spec.from_scratch or spec.builder == "tiny_cnn":
+        raise BackboneError(f"{spec.name} has no ImageNet weights", weights,
+                            "pass --weights none (it trains from scratch) or --weights PATH")
+    if spec.weights_file:
+        imagenet_file(spec)
+
+
+def imagenet_file(spec: BackboneSpec) -> Path:
+    """Where `--weights imagenet` finds a file Keras does not ship: Keras' own cache folder."""
+    path = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / spec.weights_file
+    if not path.is_file():
+        raise BackboneError(f"{spec.name}'s ImageNet weights are not in Keras' cache folder", path,
+                            f"put {spec.weights_file} there or pass --weights PATH to it")
+    return path
 
 
 def check_image_size(spec: BackboneSpec, image_size: int | None) -> int:

@@ -51,7 +51,7 @@ def extract_fn(extractor, image_size: int, batch_size: int, training: bool):
         # The label slot carries each file's position, so a file dropped by the pipeline
         # (undecodable) is known rather than shifting every later row.
         split = Split(tuple(files), np.arange(len(files), dtype=np.int64))
-        for images, positions in eval_dataset(split, None, image_size, batch_size):
+        for images, positions in eval_dataset(split, None, image_size, batch_size, extractor.input.shape[-1]):
             n = int(images.shape[0])
             if n < batch_size:
                 images = tf.pad(images, [[0, batch_size - n], [0, 0], [0, 0], [0, 0]])

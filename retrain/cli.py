@@ -171,13 +171,16 @@ def _resumed_config(folder: Path, overrides: dict) -> FitConfig:
 
 @app.command()
 def backbones():
-    """List the backbones: native and minimum input size, parameters, feature width, freeze points."""
+    """List the backbones: input size and channels, parameters, size on disk, features, freeze points."""
     from retrain.backbones import REGISTRY
 
     rows = run(lambda: _describe_backbones(REGISTRY))
-    typer.echo(f"{'name':<20}{'native':>7}{'min':>5}{'params':>12}{'features':>9}  freeze points")
-    for row in rows:
-        typer.echo(f"{row[0]:<20}{row[1]:>7}{row[2]:>5}{row[3]:>12,}{row[4]:>9}  {row[5]}")
+    typer.echo(f"{'name':<20}{'native':>7}{'min':>5}{'in':>4}{'params':>12}{'float32':>10}{'features':>9}"
+               "  freeze points")
+    for name, native, least, channels, params, features, points in rows:
+        typer.echo(f"{name:<20}{native:>7}{least:>5}{channels:>4}{params:>12,}{params * 4 / 2**20:>8.2f}MB"
+                   f"{features:>9}  {points}")
+    typer.echo("(without the head; channels 1 for grayscale data where the network follows the data)")
     typer.echo("hub:<handle-or-path>  a TF Hub image feature-vector module (224 px by default; "
                "freeze all or none)")
 
@@ -187,8 +190,9 @@ def _describe_backbones(registry):
 
     rows = []
     for spec in registry.values():
-        model = build_backbone(spec, spec.native_size, None, "none")
-        rows.append((spec.name, spec.native_size, spec.min_size, model.count_params(),
+        channels = 1 if spec.channels_follow_data else 3
+        model = build_backbone(spec, spec.native_size, None, "none", channels)
+        rows.append((spec.name, spec.native_size, spec.min_size, channels, model.count_params(),
                      model.output_shape[-1], ", ".join(spec.freeze_points)))
     return rows
 

@@ -149,14 +149,25 @@ def class_weights(split: Split, num_classes: int) -> dict[int, float]:
 
 # --- tf.data -----------------------------------------------------------------------------
 
-def _loader(image_size: int, num_classes: int | None):
+def image_channels(data: ImageFolders, sample: int = 64) -> int:
+    """1 when the images are grayscale (a sample of each class, by Pillow's header), else 3."""
+    for split in (data.train, data.validation):
+        for label in range(data.num_classes):
+            for path in np.asarray(split.files)[split.labels == label][:sample]:
+                with Image.open(path) as image:
+                    if image.mode not in ("L", "1"):
+                        return 3
+    return 1
+
+
+def _loader(image_size: int, num_classes: int | None, channels: int = 3):
     """(path, label) -> (image float32 0-255, label one-hot; or as it is for num_classes None)."""
     import tensorflow as tf
 
     def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
         image = tf.image.resize(image, (image_size, image_size))  # float32, still 0-255
-        image.set_shape((image_size, image_size, 3))
+        image.set_shape((image_size, image_size, channels))
         return image, label if num_classes is None else tf.one_hot(label, num_classes)
 
     return load
@@ -168,17 +179,19 @@ def _files_dataset(split: Split):
     return tf.data.Dataset.from_tensor_slices((list(split.files), split.labels))
 
 
-def eval_dataset(split: Split, num_classes: int | None, image_size: int, batch_size: int):
+def eval_dataset(split: Split, num_classes: int | None, image_size: int, batch_size: int,
+                 channels: int = 3):
     """Decode, resize, batch, prefetch; fixed order. Labels one-hot, or as they are for
     num_classes None."""
     import tensorflow as tf
 
-    ds = _files_dataset(split).map(_loader(image_size, num_classes), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _files_dataset(split).map(_loader(image_size, num_classes, channels),
+                                   num_parallel_calls=tf.data.AUTOTUNE)
     return ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def train_dataset(split: Split, num_classes: int, image_size: int, batch_size: int, seed: int,
-                  first_epoch: int, end_epoch: int, skip_batches: int = 0):
+                  first_epoch: int, end_epoch: int, skip_batches: int = 0, channels: int = 3):
     """Epochs [first_epoch, end_epoch) back to back, each shuffled with its own seed.
 
     Seeding each epoch (seed + epoch) rather than reshuffling one dataset each iteration
@@ -187,7 +200,7 @@ def train_dataset(split: Split, num_classes: int, image_size: int, batch_size: i
     """
     import tensorflow as tf
 
-    load = _loader(image_size, num_classes)
+    load = _loader(image_size, num_classes, channels)
     files = _files_dataset(split)
     ds = None
     for epoch in range(first_epoch, end_epoch):

@@ -15,7 +15,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from retrain.backbones import BackboneSpec
+from retrain import networks
+from retrain.backbones import BackboneSpec, check_weights, imagenet_file
 from retrain.errors import BackboneError, ConfigError
 
 # --freeze auto: the thresholds on the smallest class's training images.
@@ -76,25 +77,17 @@ def _module_variables(module) -> tuple[list, set[int]]:
     return list(found.values()), trainable
 
 
-def _tiny_cnn(size: int) -> keras.Model:
-    inputs = keras.Input((size, size, 3))
-    x = inputs
-    for i, filters in enumerate((8, 16, 32), 1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"block{i}_out")(x)
-        if i < 3:
-            x = keras.layers.MaxPooling2D(name=f"block{i}_pool")(x)
-    return keras.Model(inputs, x, name="tiny_cnn")
-
-
-def build_backbone(spec: BackboneSpec, image_size: int, alpha: float | None, weights: str) -> keras.Model:
+def build_backbone(spec: BackboneSpec, image_size: int, alpha: float | None, weights: str,
+                   channels: int = 3) -> keras.Model:
     """The backbone without its top, with `weights` = imagenet, none or a .h5 file path."""
     if spec.is_hub:
         inputs = keras.Input((image_size, image_size, 3))
         return keras.Model(inputs, HubFeatureVector(spec.handle, name="hub")(inputs), name="hub_backbone")
-    if spec.builder == "tiny_cnn":
-        model = _tiny_cnn(image_size)
+    if spec.builder in networks.BUILDERS:
+        model = networks.BUILDERS[spec.builder](image_size, channels)
+        if weights == "imagenet":
+            check_weights(spec, weights)
+            weights = str(imagenet_file(spec))
     else:
         kwargs = {"include_top": False, "input_shape": (image_size, image_size, 3),
                   "weights": "imagenet" if weights == "imagenet" else None}
@@ -108,19 +101,29 @@ def build_backbone(spec: BackboneSpec, image_size: int, alpha: float | None, wei
             raise BackboneError(f"cannot get {spec.name}'s ImageNet weights: {str(err).splitlines()[0]}",
                                 weights, "put Keras' weights file in ~/.keras/models/ or pass "
                                 "--weights PATH to a .h5 file") from None
-    if weights == "imagenet" and spec.builder == "tiny_cnn":
-        raise BackboneError("tiny_cnn has no ImageNet weights", weights, "pass --weights none")
     if weights not in ("imagenet", "none"):
         load_weights_file(model, spec, Path(weights))
     return model
 
 
 def load_weights_file(model: keras.Model, spec: BackboneSpec, path: Path) -> None:
+    if spec.builder == "squeezenet":
+        networks.load_squeezenet_h5(model, path)
+        return
     try:
         model.load_weights(str(path))
     except (ValueError, OSError, KeyError) as err:
         raise BackboneError(f"the weights file does not fit {spec.name}: {str(err).splitlines()[0][:200]}",
                             path, "pass the weights file made for this backbone and --alpha") from None
+
+
+@keras.saving.register_keras_serializable(package="retrain")
+class CaffePreprocess(keras.layers.Layer):
+    """RGB 0-255 -> BGR minus the ImageNet channel means: what Caffe-trained networks such as
+    SqueezeNet expect (Keras' `preprocess_input` "caffe" mode, as a layer in the model)."""
+
+    def call(self, images):
+        return images[..., ::-1] - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], images.dtype)
 
 
 def preprocessing(spec: BackboneSpec) -> keras.layers.Layer | None:
@@ -129,6 +132,8 @@ def preprocessing(spec: BackboneSpec) -> keras.layers.Layer | None:
         return keras.layers.Rescaling(1 / 127.5, offset=-1, name="preprocess")
     if spec.preprocessing == "unit":
         return keras.layers.Rescaling(1 / 255, name="preprocess")
+    if spec.preprocessing == "caffe":
+        return CaffePreprocess(name="preprocess")
     return None
 
 
@@ -151,8 +156,8 @@ def augmentation(names: tuple[str, ...], seed: int) -> keras.Sequential | None:
 def build_classifier(spec: BackboneSpec, backbone: keras.Model, num_classes: int, image_size: int,
                      dropout_rate: float, augment: tuple[str, ...], seed: int) -> keras.Model:
     """Raw pixels -> [augment] -> preprocessing -> backbone (inference mode) -> pooled features
-    -> dropout -> dense softmax."""
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    -> dropout -> dense softmax. The input has the backbone's channels (1 for grayscale)."""
+    inputs = keras.Input((image_size, image_size, backbone.input.shape[-1]), name="image")
     x = inputs
     for layer in (augmentation(augment, seed), preprocessing(spec)):
         if layer is not None:
@@ -207,6 +212,8 @@ def auto_freeze(spec: BackboneSpec, min_per_class: int) -> tuple[str, str]:
     More: the top block(s) fine-tune too. Many: most of the network fine-tunes, the stem
     and early blocks (generic edges and textures) stay frozen.
     """
+    if spec.from_scratch:
+        return "none", f"{spec.name} trains from scratch: every layer trains from the first epoch"
     if spec.auto_points is None:
         return "all", f"{spec.name} has no named blocks; the head trains on frozen features"
     medium, large = spec.auto_points
@@ -230,7 +237,7 @@ def resolve_freeze(freeze: str, spec: BackboneSpec, layer_names: list[str],
     if freeze == "all":
         return total, why or "--freeze all: the head trains on frozen features"
     if freeze == "none":
-        return 0, "--freeze none: the whole network trains"
+        return 0, why or "--freeze none: the whole network trains"
     if freeze.isdigit():
         count = int(freeze)
         if count > total:

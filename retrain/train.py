@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from retrain import checkpoints as ckpts
-from retrain.backbones import check_alpha, check_image_size, get_spec
+from retrain.backbones import check_alpha, check_image_size, check_weights, get_spec
 from retrain.cache import default_cache_dir
 from retrain.config import FitConfig, default_run_name, parse_size
-from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, load_folders,
-                          steps_per_epoch, train_dataset)
+from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, image_channels,
+                          load_folders, steps_per_epoch, train_dataset)
 from retrain.errors import BackboneError
 from retrain.fileindex import FileIndex
 from retrain.progress import say
@@ -54,6 +54,7 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
     spec = get_spec(config.backbone)
     alpha = check_alpha(spec, config.alpha, config.weights)
     image_size = check_image_size(spec, config.image_size)
+    check_weights(spec, config.weights)
     if config.weights_path is not None and not config.weights_path.is_file():
         raise BackboneError("the weights file does not exist", config.weights,
                             "pass --weights imagenet, none, or the path of a .h5 file")
@@ -74,16 +75,18 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    channels = facts.get("channels", 3) if resume else image_channels(data) if spec.channels_follow_data else 3
     strategy = tf.distribute.get_strategy()  # the default one for now; a flag can choose later
     with strategy.scope():
         # Build without weights first: a bad freeze point is reported before weights load.
-        backbone = models.build_backbone(spec, image_size, alpha, "none")
+        backbone = models.build_backbone(spec, image_size, alpha, "none", channels)
         layer_names = [layer.name for layer in backbone.layers]
         if not resume:
             count, why = models.resolve_freeze(config.freeze, spec, layer_names,
                                                int(data.train.counts(data.num_classes).min()))
             facts = {"image_size": image_size, "freeze_layers": count, "freeze_reason": why,
                      "backbone_layers": len(layer_names), "num_classes": data.num_classes,
+                     "channels": channels,
                      "train_images": len(data.train.files),
                      "validation_images": len(data.validation.files),
                      "deterministic": config.deterministic,
@@ -91,7 +94,7 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
         say(f"freeze: {facts['freeze_layers']} of {len(layer_names)} backbone layers "
             f"({facts['freeze_reason']})")
         if config.weights == "imagenet" and not spec.is_hub:  # Keras downloads and loads in the builder
-            backbone = models.build_backbone(spec, image_size, alpha, config.weights)
+            backbone = models.build_backbone(spec, image_size, alpha, config.weights, channels)
         elif config.weights_path is not None:
             models.load_weights_file(backbone, spec, config.weights_path)
         model = models.build_classifier(spec, backbone, data.num_classes, image_size,
@@ -100,8 +103,10 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
             _init_weights(model, Path(config.init_from))
         if not resume:  # only now: a bad weights file or --init-from leaves no run behind
             ckpts.create_run(run, config, data.class_names, facts)
+        # A network trained from scratch has no features worth a head-only phase.
+        single_phase = spec.from_scratch and facts["freeze_layers"] == 0
         trainer = _Trainer(config, run, model, backbone, data, image_size, facts["freeze_layers"],
-                           cache_root, index)
+                           cache_root, index, single_phase)
         trainer.run(ckpts.latest(run / "ckpt") if resume else None)
     model_path = run / "model.keras"
     tmp = run / ".model.tmp.keras"
@@ -130,13 +135,15 @@ class _Trainer:
     """The two phases and their checkpoints, resumable from any epoch or step."""
 
     def __init__(self, config: FitConfig, run: Path, model, backbone, data: ImageFolders,
-                 image_size: int, freeze_layers: int, cache_root: Path, index: FileIndex):
+                 image_size: int, freeze_layers: int, cache_root: Path, index: FileIndex,
+                 single_phase: bool = False):
         import tensorflow as tf
 
         self.config, self.run_dir, self.model, self.backbone = config, run, model, backbone
         self.data, self.image_size, self.freeze_layers = data, image_size, freeze_layers
         self.steps = steps_per_epoch(data.train, config.batch_size)
-        self.cache_root, self.index = cache_root, index
+        self.cache_root, self.index, self.single_phase = cache_root, index, single_phase
+        self.channels = int(model.input.shape[-1])
         self.cache_computed = 0  # bottleneck rows computed by this process (tests count them)
         self._weights_key = None
         self._hashes: dict[str, list[str]] = {}  # content hashes per split, read once per run
@@ -167,14 +174,14 @@ class _Trainer:
         self.epochs_done = state["epoch"] if state else 0
         if state is None or state["phase"] == 1:
             start, step = (state["epoch"], state["step"]) if state else (0, 0)
-            self._compile(1, self.backbone_layers, self.config.learning_rate)
+            self._compile(1, 0 if self.single_phase else self.backbone_layers, self.config.learning_rate)
             if state:
                 self.checkpoint.restore(prefix).assert_existing_objects_matched()
             phase1_end = max(self.config.epochs, start + (1 if step else 0))
             self._fit(0, start, phase1_end, step)
         else:
             phase1_end = state["phase_start"]
-        if self.freeze_layers >= self.backbone_layers or self.config.fine_tune_epochs == 0:
+        if self.single_phase or self.freeze_layers >= self.backbone_layers or self.config.fine_tune_epochs == 0:
             return
         self._compile(2, self.freeze_layers, self.config.fine_tune_learning_rate)
         start, step = phase1_end, 0
@@ -227,9 +234,9 @@ class _Trainer:
         self.trainee = self.model
         self.train_data = lambda first, end, skip=0: train_dataset(
             self.data.train, self.data.num_classes, self.image_size, self.config.batch_size,
-            self.config.seed, first, end, skip)
+            self.config.seed, first, end, skip, self.channels)
         self.val = eval_dataset(self.data.validation, self.data.num_classes, self.image_size,
-                                self.config.batch_size)
+                                self.config.batch_size, self.channels)
         why_not = self._why_not_cached(phase, frozen)
         if why_not:
             say(f"phase {phase}: reading images every epoch ({why_not})")
@@ -281,7 +288,7 @@ class _Trainer:
     def _why_not_cached(self, phase: int, frozen: int) -> str:
         if not self.config.cache:
             return "--no-cache"
-        if phase == 2 and frozen == 0:
+        if frozen == 0:
             return "nothing is frozen"
         if self.config.augment and phase == 2:
             return "augmentation changes the fine-tuned part's input every epoch"

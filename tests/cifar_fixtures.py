@@ -134,27 +134,32 @@ def build_cifar10(path: Path, train_per_class: int = 6, test_per_class: int = 2,
 
 
 def build_cifar100(path: Path, train_per_class: int = 6, test_per_class: int = 2,
-                   seed: int = 1) -> CifarArchive:
-    """Write a CIFAR-100 archive with 5 fine classes in 2 coarse ones."""
+                   seed: int = 1, num_fine: int = 5) -> CifarArchive:
+    """Write a CIFAR-100 archive with 5 fine classes in 2 coarse ones, or with `num_fine`
+    classes (fine00 ...) in 20 coarse ones (coarse00 ...), as the real one has 100 in 20."""
     rng = np.random.default_rng(seed)
-    fine_to_coarse = np.asarray(FINE_TO_COARSE)
-    train_fine = rng.permutation(np.repeat(np.arange(len(CIFAR100_FINE)), train_per_class))
-    test_fine = rng.permutation(np.repeat(np.arange(len(CIFAR100_FINE)), test_per_class))
+    fine_names, coarse_names, fine_to_coarse = CIFAR100_FINE, CIFAR100_COARSE, np.asarray(FINE_TO_COARSE)
+    if num_fine != len(CIFAR100_FINE):
+        fine_names = [f"fine{i:02d}" for i in range(num_fine)]
+        coarse_names = [f"coarse{i:02d}" for i in range(20)]
+        fine_to_coarse = np.arange(num_fine) % 20
+    train_fine = rng.permutation(np.repeat(np.arange(num_fine), train_per_class))
+    test_fine = rng.permutation(np.repeat(np.arange(num_fine), test_per_class))
     train_data, test_data = _images(rng, train_fine), _images(rng, test_fine)
     folder = "cifar-100-python"
 
     def batch(title, data, fine):
-        return {b"filenames": [f"{CIFAR100_FINE[v]}_s_{j:06d}.png".encode() for j, v in enumerate(fine)],
+        return {b"filenames": [f"{fine_names[v]}_s_{j:06d}.png".encode() for j, v in enumerate(fine)],
                 b"batch_label": title.encode(), b"fine_labels": [int(v) for v in fine],
                 b"coarse_labels": [int(fine_to_coarse[v]) for v in fine], b"data": data}
 
-    members = {f"{folder}/meta": {b"fine_label_names": [n.encode() for n in CIFAR100_FINE],
-                                  b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE]},
+    members = {f"{folder}/meta": {b"fine_label_names": [n.encode() for n in fine_names],
+                                  b"coarse_label_names": [n.encode() for n in coarse_names]},
                f"{folder}/test": batch("testing batch 1 of 1", test_data, test_fine),
                f"{folder}/train": batch("training batch 1 of 1", train_data, train_fine)}
     _write_tar(path, members, 9)
-    return CifarArchive(path, md5_of(path), list(CIFAR100_FINE), train_data, train_fine, test_data,
-                        test_fine, coarse_names=list(CIFAR100_COARSE),
+    return CifarArchive(path, md5_of(path), list(fine_names), train_data, train_fine, test_data,
+                        test_fine, coarse_names=list(coarse_names),
                         train_coarse=fine_to_coarse[train_fine], test_coarse=fine_to_coarse[test_fine])
 
 
