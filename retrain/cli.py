@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import os
 import sys
+from types import SimpleNamespace
 from typing import Callable, Optional, TypeVar
 
 import typer
@@ -17,7 +18,7 @@ import dataclasses
 from pathlib import Path
 
 from retrain.config import (CIFAR_DATASETS, CLASS_WEIGHTS, IMAGE_FORMATS, LABEL_MODES, FitConfig,
-                            PrepareConfig, parse_list)
+                            PrepareConfig, QuickDrawConfig, parse_class_names, parse_list)
 from retrain.errors import ConfigError, RetrainError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -27,6 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _state = {"debug": False}
 _P = PrepareConfig()
 _F = FitConfig()
+# QuickDrawConfig() needs classes, so its defaults are read from the fields themselves.
+_Q = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(QuickDrawConfig)})
 T = TypeVar("T")
 
 
@@ -88,6 +91,51 @@ def prepare_cifar(
 
     manifest = run(lambda: job(config))
     _print_counts(manifest["counts"])
+
+
+@app.command("prepare-quickdraw")
+def prepare_quickdraw(
+    classes: Optional[str] = typer.Option(None, help="Comma list of class names, e.g. "
+                                          "\"apple,cat,The Eiffel Tower\"."),
+    classes_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A file of "
+                                                "class names, one a line (blank lines and # comments "
+                                                "ignored)."),
+    max_per_class: int = typer.Option(_Q.max_per_class, min=0, help="Take the first N drawings of "
+                                      "each class; 0 = all of them (100,000+ a class)."),
+    root: str = typer.Option(_Q.root, help="Dataset root; writes <root>/quickdraw/."),
+    source: Optional[str] = typer.Option(None, help="URL prefix serving <class>.npy, or a folder "
+                                         "holding <class>.npy or full_numpy_bitmap_<class>.npy. "
+                                         "Default: the official Quick, Draw! bucket."),
+    validation_split: float = typer.Option(_Q.validation_split, help="Share of each class for validation."),
+    test_split: float = typer.Option(_Q.test_split, help="Share of each class for test."),
+    seed: int = typer.Option(_Q.seed, min=0, help="Seed of the split."),
+    force: bool = typer.Option(_Q.force, "--force", help="Redo the class folders even if they are done."),
+    workers: int = typer.Option(_Q.workers, min=0, help="Processes writing images; 0 = one per core."),
+):
+    """Fetch Quick, Draw! bitmaps and write <root>/quickdraw/{train,validation,test}/<class>/ 28x28 PNGs."""
+    config = run(lambda: _quickdraw_config(
+        classes, classes_file, max_per_class=max_per_class, root=root, source=source,
+        validation_split=validation_split, test_split=test_split, seed=seed, force=force,
+        workers=workers))
+    from retrain.quickdraw import prepare_quickdraw as job
+
+    manifest = run(lambda: job(config))
+    _print_counts(manifest["counts"])
+
+
+def _quickdraw_config(classes: str | None, classes_file: Path | None, **values) -> QuickDrawConfig:
+    if (classes is None) == (classes_file is None):
+        raise ConfigError("pass exactly one of --classes and --classes-file",
+                          "both" if classes is not None else "neither",
+                          "list the classes with --classes apple,cat or in a file")
+    if classes_file is None:
+        return QuickDrawConfig(classes=parse_class_names(classes), **values)
+    try:
+        text = classes_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read --classes-file: {err}", str(classes_file),
+                          "pass a UTF-8 text file with one class name a line") from None
+    return QuickDrawConfig(classes=parse_class_names(text, one_per_line=True), **values)
 
 
 def _print_counts(counts: dict[str, dict[str, int]]) -> None:

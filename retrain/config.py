@@ -36,6 +36,25 @@ def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
                           value, "pick one of those")
 
 
+def unsafe_folder_names(names) -> list[str]:
+    """The names that cannot be class folders: empty, `.`/`..`, hidden (fit skips those) or
+    holding a path separator or NUL, so a folder could land outside its split."""
+    return [n for n in names
+            if n in ("", ".", "..") or n.startswith(".") or any(c in n for c in "/\\\0")]
+
+
+def parse_class_names(text: str | None, one_per_line: bool = False) -> tuple[str, ...]:
+    """Class names from `--classes` ('apple, The Eiffel Tower') or, one_per_line, from a
+    `--classes-file` (blank lines and # comments ignored). Case and inner spaces are kept."""
+    if not text:
+        return ()
+    if one_per_line:
+        parts = [line.split("#", 1)[0] for line in text.splitlines()]
+    else:
+        parts = text.split(",")
+    return tuple(part.strip() for part in parts if part.strip())
+
+
 class _JsonMixin:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -95,6 +114,56 @@ class PrepareConfig(_JsonMixin):
     def output_name(self) -> str:
         """The dataset folder under `root`: cifar10, cifar100 or cifar100_coarse."""
         return "cifar100_coarse" if self.label_mode == "coarse" else self.dataset
+
+
+@dataclass(frozen=True)
+class QuickDrawConfig(_JsonMixin):
+    """Settings of `retrain prepare-quickdraw`."""
+
+    classes: tuple[str, ...] = ()  # stored sorted: the order of labels.txt
+    max_per_class: int = 10_000  # the first N drawings of each class; 0: every one
+    root: str = "data"
+    source: str | None = None  # None: the official bucket; else a URL prefix or a folder
+    validation_split: float = 0.1
+    test_split: float = 0.1
+    seed: int = 0
+    force: bool = False
+    workers: int = 0  # 0: one per CPU core
+
+    def __post_init__(self):
+        if isinstance(self.classes, str) or not all(isinstance(c, str) for c in self.classes):
+            raise ConfigError("--classes must be a sequence of class names", self.classes,
+                              "pass --classes apple,cat or --classes-file FILE")
+        if not self.classes:
+            raise ConfigError("no classes given", None, "pass --classes apple,cat or --classes-file FILE")
+        duplicated = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if duplicated:
+            raise ConfigError("--classes names a class more than once", ", ".join(duplicated),
+                              "list each class once")
+        bad = unsafe_folder_names(self.classes) + [c for c in self.classes if c != c.strip()]
+        if bad:
+            raise ConfigError("--classes holds names that cannot be folder names (empty, hidden, "
+                              "padded with spaces, or with a path separator)",
+                              ", ".join(map(repr, bad)), "pass Quick, Draw! class names such as "
+                              "apple or 'The Eiffel Tower'")
+        object.__setattr__(self, "classes", tuple(sorted(self.classes)))
+        for name in ("max_per_class", "seed", "workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, 0 or more",
+                                  value, "pass for example 0 or 1000")
+        for name in ("validation_split", "test_split"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1)", value,
+                                  "pass a share of each class, for example 0.1")
+        if self.validation_split + self.test_split >= 1:
+            raise ConfigError("--validation-split and --test-split leave nothing to train on",
+                              f"{self.validation_split} + {self.test_split}",
+                              "keep their sum below 1, for example 0.1 and 0.1")
+        if self.source is not None and not self.source.strip():
+            raise ConfigError("--source is empty", repr(self.source),
+                              "pass a URL prefix or a folder, or leave it out for the official bucket")
 
 
 @dataclass(frozen=True)

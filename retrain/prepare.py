@@ -3,6 +3,7 @@
 Output: `<root>/<dataset>/{train,validation,test}/<label>/<index>.png`, `labels.txt` and
 `manifest.json`. Each split is written to a hidden temporary folder and renamed into place
 when complete; `manifest.json` is written last, so its presence means the whole job is done.
+The writing and manifest helpers are shared with `prepare-quickdraw` (retrain/quickdraw.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retrain.config import PrepareConfig
+from retrain.config import PrepareConfig, unsafe_folder_names
 from retrain.download import fetch, is_url, md5sum
 from retrain.errors import DatasetError, DownloadError
 from retrain.progress import bar, say
@@ -121,11 +122,11 @@ def decode(members: dict[str, bytes], archive: Archive, label_mode: str):
         raise DatasetError(f"{archive.meta} has no '{names_key}' list", archive.meta,
                            "pass the python-version CIFAR archive as --source")
     names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
-    # Names become folder names: refuse any that could escape the root or collide.
-    bad = [n for n in names if n in ("", ".", "..") or any(c in n for c in "/\\\0")]
+    # Names become folder names: refuse any that could escape the root, hide or collide.
+    bad = unsafe_folder_names(names)
     if bad or len(set(names)) != len(names):
         raise DatasetError(f"{archive.meta} has label names that cannot be folder names "
-                           "(empty, duplicated, or with a path separator)",
+                           "(empty, hidden, duplicated, or with a path separator)",
                            ", ".join(map(repr, bad or names))[:200], "use the official archive")
     splits = {}
     for split, batch_names in (("train", archive.train), ("test", archive.test)):
@@ -183,14 +184,20 @@ def _write_chunk(args) -> int:
     return len(paths)
 
 
-def write_split(out: Path, split: str, images, labels, indices, names, fmt: str, workers: int) -> dict:
-    """Write one split to `.split.tmp`, then rename it into place. -> counts per label."""
+def write_split(out: Path, split: str, images, labels, indices, names, fmt: str, workers: int,
+                file_numbers=None, digits: int = 5) -> dict:
+    """Write one split to `.split.tmp`, then rename it into place. -> counts per label.
+
+    Image i goes to `<names[labels[i]]>/<number>.<fmt>`, its number `file_numbers[i]` (default
+    i itself) written `digits` wide. 2-D images become grayscale files, 3-D ones RGB.
+    """
     tmp, final, old = out / f".{split}.tmp", out / split, out / f".{split}.old"
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
     for name in names:
         (tmp / name).mkdir(parents=True)
-    paths = [str(tmp / names[labels[i]] / f"{i:05d}.{fmt}") for i in indices]
+    numbers = indices if file_numbers is None else np.asarray(file_numbers)[indices]
+    paths = [str(tmp / names[labels[i]] / f"{n:0{digits}d}.{fmt}") for i, n in zip(indices, numbers)]
     chunk = 500
     jobs = [(images[indices[s:s + chunk]], paths[s:s + chunk], fmt) for s in range(0, len(paths), chunk)]
     with bar(f"write {split}", len(paths)) as b:
@@ -209,7 +216,7 @@ def write_split(out: Path, split: str, images, labels, indices, names, fmt: str,
     return {name: int(n) for name, n in zip(names, counts)}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -222,28 +229,38 @@ def _settings(config: PrepareConfig) -> dict:
             "validation_size": config.validation_size, "image_format": config.image_format}
 
 
-def _already_done(out: Path, config: PrepareConfig) -> dict | None:
+def finished_manifest(out: Path, settings: dict, force: bool, keys: tuple[str, ...] = ()) -> dict | None:
+    """The manifest of a finished job in `out` with these settings, or None when it must run.
+
+    None when forced, never finished, the manifest is damaged or lacks `keys`, or a class
+    folder no longer holds its count of files (removed by hand). Other settings: an error.
+    """
     manifest_path = out / "manifest.json"
-    if config.force or not manifest_path.exists():
+    if force or not manifest_path.exists():
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
-        manifest["settings"], manifest["counts"], manifest["archive_md5"]  # all there?
+        manifest["settings"], manifest["counts"], *(manifest[k] for k in keys)  # all there?
     except (ValueError, KeyError, TypeError):
         return None  # a damaged manifest: redo the job, which rewrites it
-    differ = {k: (manifest["settings"].get(k), v) for k, v in _settings(config).items()
+    differ = {k: (manifest["settings"].get(k), v) for k, v in settings.items()
               if manifest["settings"].get(k) != v}
     if differ:
         listing = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in differ.items())
         raise DatasetError(f"{out} was prepared with other settings", listing,
                            "pass --force to replace it, or another --root")
-    if config.md5 and manifest["archive_md5"] != config.md5.lower():
-        return None  # redo, which verifies the archive against the new --md5 first
     for split, counts in manifest["counts"].items():
         for label, n in counts.items():
             folder = out / split / label
             if not folder.is_dir() or sum(1 for _ in os.scandir(folder)) != n:
                 return None  # something was removed by hand: redo it
+    return manifest
+
+
+def _already_done(out: Path, config: PrepareConfig) -> dict | None:
+    manifest = finished_manifest(out, _settings(config), config.force, keys=("archive_md5",))
+    if manifest is not None and config.md5 and manifest["archive_md5"] != config.md5.lower():
+        return None  # redo, which verifies the archive against the new --md5 first
     return manifest
 
 
@@ -296,9 +313,9 @@ def prepare_cifar(config: PrepareConfig) -> dict:
     test_images, test_labels = splits["test"]
     counts["test"] = write_split(out, "test", test_images, test_labels,
                                  np.arange(len(test_labels)), names, config.image_format, workers)
-    _atomic_write_text(out / "labels.txt", "".join(f"{n}\n" for n in names))
+    atomic_write_text(out / "labels.txt", "".join(f"{n}\n" for n in names))
     manifest = {"settings": _settings(config), "source": config.source or archive.url,
                 "archive_md5": md5, "md5_verified": verified, "labels": names, "counts": counts,
                 "file_names": "<original index in its split, 5 digits>.<format>"}
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest

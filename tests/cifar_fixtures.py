@@ -16,6 +16,7 @@ import pickle
 import re
 import tarfile
 import threading
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,20 +180,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         srv = self.server
+        record = {"path": self.path, "headers": dict(self.headers.items()), "sent": 0}
         with srv.lock:
-            srv.requests.append({"path": self.path, "headers": dict(self.headers.items())})
-            cut = srv.cut_requests > 0
+            srv.requests.append(record)
+            cut = srv.cut_requests > 0 and len(srv.requests) > srv.cut_skip
             if cut:
                 srv.cut_requests -= 1
-        file = srv.directory / self.path.lstrip("/").split("?", 1)[0]
+        file = srv.directory / urllib.parse.unquote(self.path.lstrip("/").split("?", 1)[0])
         if not file.is_file():
             self.send_error(404)
             return
         data = file.read_bytes()
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        start, stop = 0, len(data)
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if match and srv.honor_range:
             start = int(match.group(1))
+            if match.group(2):
+                stop = min(stop, int(match.group(2)) + 1)
             if start >= len(data):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -200,27 +204,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
         else:
             self.send_response(200)
-        body = data[start:]
+        body = data[start:stop]
         self.send_header("Content-Type", "application/gzip")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         if cut:  # announce every byte, send half, hang up
+            record["sent"] = len(body) // 2
             self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        record["sent"] = len(body)  # set first: the client may have it all before write returns
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client had read enough
+            self.close_connection = True
 
 
 class LoopbackServer(http.server.ThreadingHTTPServer):
-    """Serves files from `directory` on 127.0.0.1; records each request's headers.
+    """Serves files from `directory` on 127.0.0.1; records each request's headers and bytes sent.
 
-    `cut_requests = n` makes the next n responses announce their full Content-Length but send
-    only half the bytes before closing; `honor_range = False` makes it ignore Range (reply 200).
+    `cut_requests = n` makes the next n responses (after the first `cut_skip` requests) announce
+    their full Content-Length but send only half the bytes before closing; `honor_range = False`
+    makes it ignore Range (reply 200). Ranges are `bytes=start-` or `bytes=start-end`.
     """
 
     daemon_threads = True
@@ -230,6 +240,7 @@ class LoopbackServer(http.server.ThreadingHTTPServer):
         self.directory = Path(directory)
         self.requests: list[dict] = []
         self.cut_requests = 0
+        self.cut_skip = 0
         self.honor_range = True
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},

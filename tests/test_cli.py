@@ -18,8 +18,8 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_commands_are_registered():
-    """The CLI registers prepare-cifar (and the loop below covers every other command too)."""
-    assert "prepare-cifar" in COMMANDS
+    """The CLI registers the prepare commands (and the loop below covers every other command too)."""
+    assert {"prepare-cifar", "prepare-quickdraw"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS], ids=["retrain", *COMMANDS])
@@ -43,9 +43,9 @@ def test_python_dash_m_retrain_help():
 
 
 @pytest.mark.parametrize("module", ["retrain.config", "retrain.errors", "retrain.prepare",
-                                    "retrain.download", "retrain.progress"])
+                                    "retrain.quickdraw", "retrain.download", "retrain.progress"])
 def test_module_does_not_import_tensorflow(module):
-    """Config, errors and the prepare-cifar modules load without TensorFlow."""
+    """Config, errors and the prepare modules load without TensorFlow."""
     done = python(f"import sys, {module}; print('tensorflow' in sys.modules)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

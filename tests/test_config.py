@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from retrain.config import FitConfig, PrepareConfig, parse_list
+from retrain.config import (FitConfig, PrepareConfig, QuickDrawConfig, parse_class_names, parse_list,
+                            unsafe_folder_names)
 from retrain.errors import ConfigError
 
 
@@ -109,3 +110,49 @@ def test_parse_list():
     """'flip, Crop' -> ('flip', 'crop'); empty -> ()."""
     assert parse_list("flip, Crop,") == ("flip", "crop")
     assert parse_list("") == () and parse_list(None) == ()
+
+
+@pytest.mark.parametrize("values, flag", [
+    ({"classes": ()}, "no classes"),
+    ({"classes": "apple"}, "--classes"),
+    ({"classes": ("apple", "apple")}, "more than once"),
+    ({"classes": ("apple", "a/b")}, "folder names"),
+    ({"classes": ("..",)}, "folder names"),
+    ({"classes": (".hidden",)}, "folder names"),
+    ({"classes": (" apple",)}, "folder names"),
+    ({"max_per_class": -1}, "--max-per-class"),
+    ({"max_per_class": 2.5}, "--max-per-class"),
+    ({"seed": -1}, "--seed"),
+    ({"workers": -2}, "--workers"),
+    ({"validation_split": 1.0}, "--validation-split"),
+    ({"test_split": -0.1}, "--test-split"),
+    ({"validation_split": 0.6, "test_split": 0.4}, "--test-split"),
+    ({"source": " "}, "--source"),
+])
+def test_quickdraw_config_rejects_bad_values(values, flag):
+    """Each bad QuickDrawConfig value raises ConfigError saying what is wrong."""
+    values = {"classes": ("apple",), **values}
+    with pytest.raises(ConfigError, match=flag):
+        QuickDrawConfig(**values)
+
+
+def test_quickdraw_config_sorts_classes_and_round_trips():
+    """Classes are kept sorted (the label order); to_json/from_json gives back an equal config."""
+    config = QuickDrawConfig(classes=("cat", "The Eiffel Tower", "apple"), max_per_class=0,
+                             root="/d", source="http://m/numpy_bitmap", validation_split=0.2,
+                             test_split=0, seed=3, force=True, workers=2)
+    assert config.classes == ("The Eiffel Tower", "apple", "cat")
+    assert QuickDrawConfig.from_json(config.to_json()) == config
+
+
+def test_parse_class_names():
+    """Commas or lines; case and inner spaces kept; blank lines and # comments dropped."""
+    assert parse_class_names("apple, The Eiffel Tower,,") == ("apple", "The Eiffel Tower")
+    assert parse_class_names("# c\napple  # fruit\n\n The Mona Lisa\n", one_per_line=True) == (
+        "apple", "The Mona Lisa")
+    assert parse_class_names(None) == ()
+
+
+def test_unsafe_folder_names():
+    assert unsafe_folder_names(["ok name", "", ".", "..", ".x", "a/b", "a\\b", "a\0"]) == [
+        "", ".", "..", ".x", "a/b", "a\\b", "a\0"]
