@@ -27,3 +27,27 @@ def subset(root: Path, split: str, per_class: int, out: Path) -> Path:
         for f in sorted((root / split / cls).iterdir())[:per_class]:
             os.link(f, out / cls / f.name)
     return out
+
+
+def folder_accuracy(model_path: Path, test_dir: Path, image_size: int, top: tuple[int, ...] = (1,)) -> dict[int, float]:
+    """Top-k accuracies of a saved model on a <label>/ folder (labels in sorted order, as in
+    the run); the model's input channels say how images are decoded."""
+    import keras
+    import numpy as np
+
+    import retrain.model  # noqa: F401  registers the custom layers
+    from retrain.data import Split, _class_files, eval_dataset
+
+    files = _class_files(test_dir, test_dir)
+    names = sorted(files)
+    split = Split(tuple(path for n in names for path, _ in files[n]),
+                  np.asarray([i for i, n in enumerate(names) for _ in files[n]]))
+    model = keras.saving.load_model(model_path)
+    hits, total = dict.fromkeys(top, 0), 0
+    for x, y in eval_dataset(split, len(names), image_size, 256, int(model.input.shape[-1])):
+        ranked = np.argsort(-model.predict_on_batch(x), axis=1)
+        truth = y.numpy().argmax(1)[:, None]
+        for k in top:
+            hits[k] += int((ranked[:, :k] == truth).any(axis=1).sum())
+        total += len(truth)
+    return {k: n / total for k, n in hits.items()}

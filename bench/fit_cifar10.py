@@ -19,28 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import WEIGHTS, cifar_jpegs, subset
-
-
-def test_accuracy(model_path: Path, test_dir: Path, image_size: int) -> float:
-    """Accuracy of a saved model on a <label>/ folder (labels in sorted order, as in the run)."""
-    import keras
-    import numpy as np
-
-    import retrain.model  # noqa: F401  registers the custom layers
-    from retrain.data import Split, _class_files, eval_dataset
-
-    files = _class_files(test_dir)
-    names = sorted(files)
-    split = Split(tuple(str(f) for n in names for f in files[n]),
-                  np.asarray([i for i, n in enumerate(names) for _ in files[n]]))
-    model = keras.saving.load_model(model_path)
-    correct = total = 0
-    for x, y in eval_dataset(split, len(names), image_size, 256):
-        p = model.predict_on_batch(x)
-        correct += int((p.argmax(1) == y.numpy().argmax(1)).sum())
-        total += len(p)
-    return correct / total
+from common import WEIGHTS, cifar_jpegs, folder_accuracy, subset
 
 
 def main() -> None:
@@ -76,7 +55,7 @@ def main() -> None:
         print(f"MobileNetV2 0.35, {args.image_size} px, CIFAR-10 train {args.per_class}/class "
               f"(10% held out by hash), {os.cpu_count()} cores; extra flags: {' '.join(args.extra) or '-'}")
         for freeze, wall, epochs, best, model, chosen in rows:
-            acc = test_accuracy(model, test, args.image_size)
+            acc = folder_accuracy(model, test, args.image_size)[1]
             print(f"--freeze {freeze:<5} wall {wall:6.1f} s  epochs {epochs}  best val acc {best:.4f}  "
                   f"test acc {acc:.4f} ({args.test_per_class}/class)")
             for line in chosen:
