@@ -17,7 +17,7 @@ import typer
 import dataclasses
 from pathlib import Path
 
-from retrain.config import (CIFAR_DATASETS, CLASS_WEIGHTS, IMAGE_FORMATS, LABEL_MODES, FitConfig,
+from retrain.config import (CIFAR_DATASETS, CLASS_WEIGHTS, SCHEDULES, IMAGE_FORMATS, LABEL_MODES, FitConfig,
                             PrepareConfig, QuickDrawConfig, parse_class_names, parse_list)
 from retrain.errors import ConfigError, RetrainError
 
@@ -42,6 +42,7 @@ Dataset = _choices("Dataset", CIFAR_DATASETS)
 LabelMode = _choices("LabelMode", LABEL_MODES)
 ImageFormat = _choices("ImageFormat", IMAGE_FORMATS)
 ClassWeight = _choices("ClassWeight", CLASS_WEIGHTS)
+Schedule = _choices("Schedule", SCHEDULES)
 
 
 def run(job: Callable[[], T]) -> T:
@@ -165,6 +166,8 @@ def fit(
     batch_size: int = typer.Option(_F.batch_size, min=1),
     learning_rate: float = typer.Option(_F.learning_rate, help="Adam, phase 1."),
     fine_tune_learning_rate: float = typer.Option(_F.fine_tune_learning_rate, help="Adam, phase 2."),
+    schedule: Schedule = typer.Option(_F.schedule, case_sensitive=False,
+                                      help="Learning rate within each phase: cosine (warm-up, then decay to 0) or constant."),
     dropout_rate: float = typer.Option(_F.dropout_rate, help="Before the new dense layer."),
     label_smoothing: float = typer.Option(_F.label_smoothing),
     validation_split: float = typer.Option(_F.validation_split, help="Share of a single <label>/ "
@@ -192,7 +195,8 @@ def fit(
     values = dict(data=data, backbone=backbone, alpha=alpha, weights=weights, image_size=image_size,
                   freeze=freeze, augment=parse_list(augment), epochs=epochs,
                   fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                  fine_tune_learning_rate=fine_tune_learning_rate, dropout_rate=dropout_rate,
+                  fine_tune_learning_rate=fine_tune_learning_rate, schedule=schedule.value,
+                  dropout_rate=dropout_rate,
                   label_smoothing=label_smoothing, validation_split=validation_split,
                   class_weight=class_weight.value, seed=seed, runs_dir=runs_dir, name=name,
                   keep_checkpoints=keep_checkpoints, save_every_steps=save_every_steps, init_from=init_from,

@@ -20,6 +20,7 @@ IMAGE_FORMATS = ("png", "jpg")
 AUGMENTATIONS = ("flip", "crop", "rotation", "brightness", "contrast")
 FREEZE_WORDS = ("auto", "all", "none")
 CLASS_WEIGHTS = ("auto", "none")
+SCHEDULES = ("cosine", "constant")
 
 
 def _positive(name: str, value: Any, allow_none: bool = False) -> None:
@@ -182,6 +183,7 @@ class FitConfig(_JsonMixin):
     batch_size: int = 64
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
+    schedule: str = "constant"  # constant | cosine: per phase, a warm-up then cosine decay to 0
     dropout_rate: float = 0.2
     label_smoothing: float = 0.0
     validation_split: float = 0.2
@@ -223,6 +225,7 @@ class FitConfig(_JsonMixin):
             raise ConfigError("--validation-split must be between 0 and 1", self.validation_split,
                               "pass for example 0.2")
         _one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
+        _one_of("schedule", self.schedule, SCHEDULES)
         parse_size(self.cache_budget)
         if not isinstance(self.cache_views, int) or self.cache_views < 0:
             raise ConfigError("--cache-views must be 0 or more", self.cache_views,

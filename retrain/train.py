@@ -213,7 +213,7 @@ class _Trainer:
         per_call = 1
         if self.trainee is not self.model and not self.config.save_every_steps:
             per_call = self.steps
-        self.trainee.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        self.trainee.compile(optimizer=keras.optimizers.Adam(self._schedule(phase, learning_rate)),
                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
                              metrics=metrics, steps_per_execution=per_call)
         self.trainee.optimizer.build(self.trainee.trainable_variables)  # so a restore fills it now
@@ -225,7 +225,22 @@ class _Trainer:
                                                   max_to_keep=self.config.keep_checkpoints)
         self.best = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "best"), max_to_keep=1)
         trainable = sum(int(np.prod(v.shape)) for v in self.trainee.trainable_variables)
-        say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:g}")
+        say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:g}"
+            + (" (cosine: warm-up, then decay to 0)" if self.config.schedule == "cosine" else ""))
+
+    def _schedule(self, phase: int, learning_rate: float):
+        """The phase's learning rate: constant, or (cosine) a linear warm-up over its first
+        epoch (at most a tenth of its steps) then a cosine decay to 0 at its last step. A
+        function of the optimizer's step count, which checkpoints keep: resume stays exact."""
+        import keras
+
+        if self.config.schedule == "constant":
+            return learning_rate
+        total = (self.config.epochs if phase == 1 else self.config.fine_tune_epochs) * self.steps
+        warmup = min(self.steps, total // 10)
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else learning_rate, decay_steps=max(1, total - warmup),
+            warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
 
     def _choose_inputs(self, phase: int, frozen: int) -> None:
         """Images through the whole model, or cached bottlenecks through its trainable top.

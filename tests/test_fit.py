@@ -177,7 +177,9 @@ def test_single_tree_trains(tmp_path):
 
 # --- kill and resume -------------------------------------------------------------------------
 
-KILL_FLAGS = dict(epochs=3, fine_tune_epochs=3, batch_size=2, augment="flip", freeze="block1_out")
+# A cosine schedule makes the learning rate depend on the step count: resume must restore it.
+KILL_FLAGS = dict(epochs=3, fine_tune_epochs=3, batch_size=2, augment="flip", freeze="block1_out",
+                  schedule="cosine")
 STEPS = 6  # 12 training images, batch size 2
 
 
