@@ -104,6 +104,8 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
     tmp = run / ".model.tmp.keras"
     model.save(tmp)
     os.replace(tmp, model_path)
+    from retrain.plots import write_curves
+    write_curves(run)
     best = trainer.best_val_accuracy()
     say(f"done: best validation accuracy {best:.4f}; model saved to {model_path}")
     return FitResult(run, model_path, best, trainer.epochs_done, trainer.cache_computed)
