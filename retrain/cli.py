@@ -207,8 +207,9 @@ _CHECKPOINT_HELP = "best: the best validation loss; last: the newest checkpoint.
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `retrain fit`."),
-    split: Optional[EvalSplit] = typer.Option(None, case_sensitive=False, help="test: the run's "
-                                              "<data>/test/ folder (the default); validation: the images fit held out."),
+    split: Optional[EvalSplit] = typer.Option(None, case_sensitive=False,
+                                              help="test: the run's <data>/test/ folder (the default); "
+                                              "validation: the images fit held out."),
     data: Optional[str] = typer.Option(None, help="Evaluate on this folder of <label>/ subfolders instead."),
     checkpoint: Checkpoint = typer.Option(_E.checkpoint, case_sensitive=False, help=_CHECKPOINT_HELP),
     model: Optional[str] = typer.Option(None, help="An exported .tflite file, evaluated on the same "

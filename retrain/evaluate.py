@@ -131,7 +131,7 @@ def _predict(model, tflite, split: Split, image_size: int, batch_size: int):
     import tensorflow as tf
 
     indexed = Split(split.files, np.arange(len(split.files)))
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
     probs, kept, tflite_probs = [], [], []
     with bar("evaluating", total=len(split.files), unit="images") as progress:
         for images, index in eval_dataset(indexed, None, image_size, batch_size).as_numpy_iterator():

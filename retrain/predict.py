@@ -76,8 +76,8 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[tuple[str, str | None]]:
             files = [Path(d) / f for d, dirs, names in sorted(os.walk(path)) for f in sorted(names)
                      if not f.startswith(".") and f.lower().endswith(extensions)
                      and not any(part.startswith(".") for part in Path(d).relative_to(path).parts)]
-            found += [(str(f), None) for f in files] or [
-                (given, str(DatasetError("no image files in the folder", given, "pass image files or a folder of them")))]
+            none = DatasetError("no image files in the folder", given, "pass image files or a folder of them")
+            found += [(str(f), None) for f in files] or [(given, str(none))]
         elif path.is_file():
             found.append((given, None))
         else:

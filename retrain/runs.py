@@ -14,7 +14,7 @@ from pathlib import Path
 
 from retrain.checkpoints import latest, read_run
 from retrain.config import FitConfig
-from retrain.errors import CheckpointError
+from retrain.errors import CheckpointError, RetrainError
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class RunSummary:
     epochs_done: int  # rows in history.csv
     epochs_planned: int
     best_val_accuracy: float | None
-    status: str  # finished | resumable | empty
+    status: str  # finished | resumable | empty | broken (config.json without the other records)
 
 
 def list_runs(runs_dir: str | Path) -> list[RunSummary]:
@@ -41,7 +41,10 @@ def list_runs(runs_dir: str | Path) -> list[RunSummary]:
 
 
 def summarize(run: Path) -> RunSummary:
-    config, _, facts = read_run(run)
+    try:
+        config, _, facts = read_run(run)
+    except (OSError, ValueError, RetrainError):  # killed while being created, or hand-edited
+        return RunSummary(run.name, "?", "?", len(history(run)), 0, None, "broken")
     rows = history(run)
     accuracies = [float(r["val_accuracy"]) for r in rows if r.get("val_accuracy")]
     frozen, layers = facts.get("freeze_layers"), facts.get("backbone_layers")

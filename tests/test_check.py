@@ -48,7 +48,8 @@ def test_finds_duplicates_and_a_corrupt_file(runner, data):
     assert report.refusal is None
     assert report.duplicates_across == [sorted([str(data / "test" / "cyan" / "leak.png"),
                                                 str(data / "train" / "cyan" / "cyan_003.png")])]
-    again = sorted([str(data / "train" / "magenta" / "again.png"), str(data / "train" / "yellow" / "yellow_000.png")])
+    again = sorted([str(data / "train" / "magenta" / "again.png"),
+                    str(data / "train" / "yellow" / "yellow_000.png")])
     assert report.duplicates_within == [again] and report.conflicting_labels == [again]
     assert report.unreadable == (str(data / "validation" / "magenta" / "corrupt.png"),)
     assert report.counts["validation"]["magenta"] == 4 and report.counts["train"]["magenta"] == 9

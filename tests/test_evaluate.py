@@ -76,7 +76,8 @@ def test_evaluate_validation_split_last_checkpoint(run):
     metrics = read_metrics(run / "eval" / "validation")
     assert metrics["images"] == PER_SPLIT["validation"] * len(LABELS)
     assert Path(metrics["checkpoint_path"]).parent == run / "ckpt"
-    assert metrics["accuracy"] == pytest.approx(np.trace(np.asarray(metrics["confusion_matrix"])) / metrics["images"])
+    matrix = np.asarray(metrics["confusion_matrix"])
+    assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / metrics["images"])
 
 
 def test_evaluate_data_folder_lists_mistakes(run, tmp_path):

@@ -22,8 +22,8 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def runs_dir(run, tmp_path) -> Path:
-    """finished (the toy), resumable (its copy without model.keras), empty (config only), and
-    a folder that is not a run."""
+    """finished (the toy), resumable (its copy without model.keras), empty (records only),
+    broken (config.json only) and a folder that is not a run."""
     root = tmp_path / "runs"
     copy_run(run, root / "a-finished")
     (copy_run(run, root / "b-resumable") / "model.keras").unlink()
@@ -31,6 +31,9 @@ def runs_dir(run, tmp_path) -> Path:
     empty.mkdir()
     for name in ("config.json", "labels.txt", "run.json"):
         shutil.copy(run / name, empty / name)
+    broken = root / "d-broken"  # killed while its records were being written
+    broken.mkdir()
+    shutil.copy(run / "config.json", broken / "config.json")
     (root / "not-a-run").mkdir()
     return root
 
@@ -42,15 +45,17 @@ def test_runs_lists_each_run(runs_dir):
     assert result.exit_code == 0, (result.output, result.exception)
     header, *lines = result.stdout.splitlines()
     assert header.split()[:2] == ["name", "backbone"]
-    assert [line.split()[0] for line in lines] == ["a-finished", "b-resumable", "c-empty"]
+    assert [line.split()[0] for line in lines] == ["a-finished", "b-resumable", "c-empty", "d-broken"]
     best = max(row["val_accuracy"] for row in read_history(runs_dir / "a-finished"))
     for line, status in zip(lines, ("finished", "resumable", "empty")):
         assert line.split()[-1] == status
         assert "tiny_cnn" in line and "none: 0/12 layers" in line
     assert f"4/4 {best:12.4f}" in lines[0]
     assert lines[2].split()[-3:] == ["0/4", "-", "empty"]
+    assert lines[3].split()[-1] == "broken"
     summaries = list_runs(runs_dir)
-    assert [(s.epochs_done, s.status) for s in summaries] == [(4, "finished"), (4, "resumable"), (0, "empty")]
+    assert [(s.epochs_done, s.status) for s in summaries] == [(4, "finished"), (4, "resumable"), (0, "empty"),
+                                                              (0, "broken")]
 
 
 def test_runs_needs_no_tensorflow(runs_dir):
