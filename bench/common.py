@@ -36,11 +36,11 @@ def folder_accuracy(model_path: Path, test_dir: Path, image_size: int, top: tupl
     import numpy as np
 
     import retrain.model  # noqa: F401  registers the custom layers
-    from retrain.data import Split, _class_files, eval_dataset
+    from retrain.data import Split, class_files, eval_dataset
 
-    files = _class_files(test_dir, test_dir)
+    files = class_files(test_dir)
     names = sorted(files)
-    split = Split(tuple(path for n in names for path, _ in files[n]),
+    split = Split(tuple(path for n in names for path in files[n]),
                   np.asarray([i for i, n in enumerate(names) for _ in files[n]]))
     model = keras.saving.load_model(model_path)
     hits, total = dict.fromkeys(top, 0), 0

@@ -17,8 +17,10 @@ import typer
 import dataclasses
 from pathlib import Path
 
-from retrain.config import (CIFAR_DATASETS, CLASS_WEIGHTS, SCHEDULES, IMAGE_FORMATS, LABEL_MODES, FitConfig,
-                            PrepareConfig, QuickDrawConfig, parse_class_names, parse_list)
+from retrain.config import (CHECKPOINTS, CIFAR_DATASETS, CLASS_WEIGHTS, EVAL_SPLITS, EXPORT_FORMATS,
+                            IMAGE_FORMATS, LABEL_MODES, SCHEDULES, CheckConfig, EvaluateConfig, ExportConfig,
+                            FitConfig, PredictConfig, PrepareConfig, QuickDrawConfig, parse_class_names,
+                            parse_list)
 from retrain.errors import ConfigError, RetrainError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -30,6 +32,10 @@ _P = PrepareConfig()
 _F = FitConfig()
 # QuickDrawConfig() needs classes, so its defaults are read from the fields themselves.
 _Q = SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(QuickDrawConfig)})
+_E = EvaluateConfig(run=".")
+_PR = PredictConfig(run=".", inputs=(".",))
+_X = ExportConfig(run=".")
+_C = CheckConfig()
 T = TypeVar("T")
 
 
@@ -43,6 +49,9 @@ LabelMode = _choices("LabelMode", LABEL_MODES)
 ImageFormat = _choices("ImageFormat", IMAGE_FORMATS)
 ClassWeight = _choices("ClassWeight", CLASS_WEIGHTS)
 Schedule = _choices("Schedule", SCHEDULES)
+Checkpoint = _choices("Checkpoint", CHECKPOINTS)
+EvalSplit = _choices("EvalSplit", EVAL_SPLITS)
+ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
 
 
 def run(job: Callable[[], T]) -> T:
@@ -247,6 +256,117 @@ def _describe_backbones(registry):
         rows.append((spec.name, spec.native_size, spec.min_size, channels, model.count_params(),
                      model.output_shape[-1], ", ".join(spec.freeze_points)))
     return rows
+
+
+_CHECKPOINT_HELP = "best: the best validation loss; last: the newest checkpoint."
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `retrain fit`."),
+    split: Optional[EvalSplit] = typer.Option(None, case_sensitive=False,
+                                              help="test: the run's <data>/test/ folder (the default); "
+                                              "validation: the images fit held out."),
+    data: Optional[str] = typer.Option(None, help="Evaluate on this folder of <label>/ subfolders instead."),
+    checkpoint: Checkpoint = typer.Option(_E.checkpoint, case_sensitive=False, help=_CHECKPOINT_HELP),
+    model: Optional[str] = typer.Option(None, help="An exported .tflite file, evaluated on the same "
+                                        "images beside the Keras model."),
+    batch_size: int = typer.Option(_E.batch_size, min=1),
+):
+    """Accuracy, top-k, per-class precision/recall/F1, confusion matrix; writes RUN/eval/<split>/."""
+    config = run(lambda: EvaluateConfig(run=str(run_dir), split=split.value if split else None, data=data,
+                                        checkpoint=checkpoint.value, model=model, batch_size=batch_size))
+    from retrain.evaluate import evaluate as job, format_report
+
+    typer.echo(format_report(run(lambda: job(config))))
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `retrain fit`."),
+    images: list[str] = typer.Argument(..., metavar="IMAGE_OR_DIR...", help="Image files and folders of them."),
+    top_k: int = typer.Option(_PR.top_k, min=1, help="Labels shown per image."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    checkpoint: Checkpoint = typer.Option(_PR.checkpoint, case_sensitive=False, help=_CHECKPOINT_HELP),
+    batch_size: int = typer.Option(_PR.batch_size, min=1),
+):
+    """Top-k labels with probabilities for each image; exit 1 if any image could not be read."""
+    config = run(lambda: PredictConfig(run=str(run_dir), inputs=tuple(images), top_k=top_k,
+                                       checkpoint=checkpoint.value, batch_size=batch_size))
+    from retrain.predict import format_json, format_table, predict as job
+
+    results = run(lambda: job(config))
+    for failed in (r for r in results if r.error is not None):
+        typer.echo(f"error: {failed.error}", err=True)
+    text = format_json(results) if json_output else format_table(results)
+    if text:
+        typer.echo(text)
+    if any(r.error is not None for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `retrain fit`."),
+    export_format: ExportFormat = typer.Option(_X.format, "--format", case_sensitive=False,
+                                       help="savedmodel, tflite (float32) or tflite-int8 (full integer)."),
+    output: Optional[str] = typer.Option(None, help="Where to write. Default: RUN/export/savedmodel, "
+                                         "RUN/export/model-float32.tflite or RUN/export/model-int8.tflite."),
+    checkpoint: Checkpoint = typer.Option(_X.checkpoint, case_sensitive=False, help=_CHECKPOINT_HELP),
+    representative_images: int = typer.Option(_X.representative_images, min=1,
+                                              help="tflite-int8: training images that calibrate the ranges."),
+    seed: int = typer.Option(_X.seed, help="tflite-int8: which training images those are."),
+):
+    """Export the classifier: uint8 pixels in, probabilities out; labels.txt beside it."""
+    config = run(lambda: ExportConfig(run=str(run_dir), format=export_format.value, output=output,
+                                      checkpoint=checkpoint.value,
+                                      representative_images=representative_images, seed=seed))
+    from retrain.export import export as job
+
+    typer.echo(run(lambda: job(config)))
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `retrain fit`.")):
+    """Write RUN/curves.png: accuracy and loss, train and validation, both phases."""
+    from retrain.checkpoints import read_run
+    from retrain.plots import write_curves
+
+    run(lambda: read_run(run_dir))
+    typer.echo(run(lambda: write_curves(run_dir)))
+
+
+@app.command()
+def runs(runs_dir: str = typer.Option(_F.runs_dir, help="The folder holding run folders.")):
+    """One line per run: backbone, freeze point, epochs, best validation accuracy, status."""
+    from retrain.runs import format_runs, list_runs
+
+    typer.echo(format_runs(run(lambda: list_runs(runs_dir))))
+
+
+@app.command()
+def check(
+    data: Path = typer.Argument(..., metavar="DIR", help="An image folder as `retrain fit --data` takes it."),
+    validation_split: float = typer.Option(_C.validation_split, help="As for fit: the share of a "
+                                           "single <label>/ tree held out."),
+    strict: bool = typer.Option(_C.strict, "--strict", help="Exit 1 on warnings too (unreadable "
+                                "files, duplicates, imbalance)."),
+):
+    """The pre-flight dataset report; exit 1 when fit would refuse the folder."""
+    config = run(lambda: CheckConfig(data=str(data), validation_split=validation_split, strict=strict))
+    from retrain.check import check as job, format_report
+
+    report = run(lambda: job(config))
+    text = format_report(report)
+    if text:
+        typer.echo(text)
+    if report.refusal is not None:
+        typer.echo(f"error: fit would refuse this folder: {report.refusal}", err=True)
+        raise typer.Exit(1)
+    if config.strict and report.warnings:
+        typer.echo(f"error: {len(report.warnings)} warning(s) (received: --strict); fix them or drop --strict",
+                   err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

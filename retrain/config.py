@@ -277,3 +277,107 @@ def parse_list(text: str | None) -> tuple[str, ...]:
     if not text:
         return ()
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+# --- after fit: evaluate, predict, export, check -----------------------------------------
+
+CHECKPOINTS = ("best", "last")
+EVAL_SPLITS = ("test", "validation")
+EXPORT_FORMATS = ("savedmodel", "tflite", "tflite-int8")
+
+
+def _run_folder(run: str) -> None:
+    if not run:
+        raise ConfigError("a run folder is needed", repr(run), "pass checkpoints/<name>")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(_JsonMixin):
+    """Settings of `retrain evaluate`: which run, which checkpoint, which images."""
+
+    run: str = ""
+    split: str | None = None  # test | validation; None: test, unless `data` names a folder
+    data: str | None = None  # a <label>/ folder to evaluate on instead of a split
+    checkpoint: str = "best"
+    model: str | None = None  # an exported .tflite file, evaluated beside the Keras model
+    batch_size: int = 64
+
+    def __post_init__(self):
+        _run_folder(self.run)
+        if self.split is not None and self.data is not None:
+            raise ConfigError("--split and --data both choose the images", f"{self.split}, {self.data}",
+                              "pass one of them")
+        if self.split is not None:
+            _one_of("split", self.split, EVAL_SPLITS)
+        _one_of("checkpoint", self.checkpoint, CHECKPOINTS)
+        if self.model is not None and not self.model.endswith(".tflite"):
+            raise ConfigError("--model takes an exported .tflite file", self.model,
+                              "pass the file `retrain export --format tflite` wrote")
+        _positive("batch_size", self.batch_size)
+
+    @property
+    def split_name(self) -> str:
+        """The images' name, which is also the folder under RUN/eval/."""
+        if self.data is not None:
+            return f"data-{Path(self.data).resolve().name}"
+        return self.split or "test"
+
+
+@dataclass(frozen=True)
+class PredictConfig(_JsonMixin):
+    """Settings of `retrain predict`."""
+
+    run: str = ""
+    inputs: tuple[str, ...] = ()  # image files and folders
+    top_k: int = 3
+    checkpoint: str = "best"
+    batch_size: int = 32
+
+    def __post_init__(self):
+        _run_folder(self.run)
+        if not self.inputs:
+            raise ConfigError("no images to classify", "nothing", "pass image files or folders")
+        _positive("top_k", self.top_k)
+        _one_of("checkpoint", self.checkpoint, CHECKPOINTS)
+        _positive("batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class ExportConfig(_JsonMixin):
+    """Settings of `retrain export`."""
+
+    run: str = ""
+    format: str = "savedmodel"
+    output: str | None = None  # None: RUN/export/savedmodel, model-float32.tflite, model-int8.tflite
+    checkpoint: str = "best"
+    representative_images: int = 200  # tflite-int8: training images that calibrate the ranges
+    seed: int = 0  # which training images those are
+
+    def __post_init__(self):
+        _run_folder(self.run)
+        _one_of("format", self.format, EXPORT_FORMATS)
+        _one_of("checkpoint", self.checkpoint, CHECKPOINTS)
+        _positive("representative_images", self.representative_images)
+        if self.output is not None and self.format != "savedmodel" and not self.output.endswith(".tflite"):
+            raise ConfigError("a TFLite --output must end in .tflite", self.output,
+                              "pass for example --output model.tflite")
+
+    @property
+    def output_path(self) -> Path:
+        default = {"savedmodel": "savedmodel", "tflite": "model-float32.tflite",
+                   "tflite-int8": "model-int8.tflite"}[self.format]
+        return Path(self.output) if self.output else Path(self.run) / "export" / default
+
+
+@dataclass(frozen=True)
+class CheckConfig(_JsonMixin):
+    """Settings of `retrain check`: the pre-flight dataset report on its own."""
+
+    data: str = FitConfig.data
+    validation_split: float = FitConfig.validation_split
+    strict: bool = False  # exit 1 on warnings too (unreadable files, duplicates, imbalance)
+
+    def __post_init__(self):
+        if not 0 < self.validation_split < 1:
+            raise ConfigError("--validation-split must be between 0 and 1", self.validation_split,
+                              "pass for example 0.2")

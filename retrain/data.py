@@ -64,6 +64,17 @@ def _class_files(folder: Path, root: Path) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def class_files(folder: Path) -> dict[str, list[str]]:
+    """{class: [image paths]} of a <label>/ folder, sorted; hidden files and folders skipped."""
+    return {name: [path for path, _ in files] for name, files in _class_files(folder, folder).items()}
+
+
+def readable(files: list[str], index: FileIndex | None = None) -> list[bool]:
+    """Which files TensorFlow can decode (the pre-flight check), in parallel, remembered by
+    `index` when given."""
+    return (index or FileIndex(None)).readable([str(f) for f in files], _readable)
+
+
 def _readable(path: str) -> bool:
     """Cheap check that TensorFlow can decode the file: its header parses; PNG and GIF chunks
     verify; a JPEG ends with its end-of-image marker, or else decodes in full. Catches empty,
@@ -120,8 +131,7 @@ def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex
         raise DatasetError("a classifier needs at least 2 class folders", f"{len(names)} in {root}",
                            "add a subfolder of images for each class")
     every = [f for side in sides.values() for files in side.values() for f in files]
-    readable = (index or FileIndex(None)).readable(every, _readable)
-    bad = {f for f, ok in zip(every, readable) if not ok}
+    bad = {f for f, ok in zip(every, readable(every, index)) if not ok}
     pairs = {side: [(f, i) for i, n in enumerate(names) for f in sides[side][n] if f not in bad]
              for side in sides}
     for side, listing in pairs.items():

@@ -112,6 +112,8 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
     tmp = run / ".model.tmp.keras"
     model.save(tmp)
     os.replace(tmp, model_path)
+    from retrain.plots import write_curves
+    write_curves(run)
     best = trainer.best_val_accuracy()
     say(f"done: best validation accuracy {best:.4f}; model saved to {model_path}")
     return FitResult(run, model_path, best, trainer.epochs_done, trainer.cache_computed)
@@ -305,8 +307,6 @@ class _Trainer:
             return "--no-cache"
         if frozen == 0:
             return "nothing is frozen"
-        if self.config.augment and phase == 2:
-            return "augmentation changes the fine-tuned part's input every epoch"
         if self.config.augment and not self.config.cache_views:
             return "--augment without --cache-views"
         return ""

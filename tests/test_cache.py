@@ -495,7 +495,7 @@ def test_augment_without_views_reads_images(warm, tmp_path):
                              fine_tune_epochs=1, batch_size=4, cache_dir=cache, augment="flip"))
     assert result.exit_code == 0, (result.output, result.exception)
     assert "phase 1: reading images every epoch (--augment without --cache-views)" in result.stderr
-    assert "phase 2: reading images every epoch (augmentation changes" in result.stderr
+    assert "phase 2: reading images every epoch (--augment without --cache-views)" in result.stderr
     assert "training on cached" not in result.stderr
     assert key_folders(cache) == {}
 
@@ -524,6 +524,25 @@ def test_two_augmented_views(warm, tmp_path):
     assert h0 == h1 and v0.shape == v1.shape == (TRAIN, 32)
     differ = np.abs(v0 - v1).max(axis=1) > 0
     assert differ.any(), "the two cached views are identical"
+    again, _ = fit_in_process(config(warm.data, tmp_path / "runs", "views2", cache, **cfg))
+    assert again.features_computed == 0
+
+
+def test_augmented_views_at_the_freeze_point(warm, tmp_path):
+    """--augment flip --cache-views 2 with fine-tuning: phase 2 caches two augmented views of
+    the activations at the freeze point (plus plain validation rows) and trains the top on
+    them; the same run again computes nothing."""
+    cache = tmp_path / "cache"
+    cfg = dict(augment=("flip",), cache_views=2, fine_tune_epochs=2)
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "views", cache, **cfg))
+    assert cache_line(stderr, 2) == (0, 2 * TRAIN + VAL)
+    boundary = {key["view"]: folder for folder, key in key_folders(cache).items()
+                if key["boundary"] == BOUNDARY_KEY}
+    assert sorted(boundary, key=str) == [0, 1, None]
+    (h0, v0), (h1, v1) = split_rows(boundary[0], "train"), split_rows(boundary[1], "train")
+    assert h0 == h1 and v0.shape == v1.shape == (TRAIN, 32, 32, 8)
+    assert (np.abs(v0 - v1).reshape(TRAIN, -1).max(axis=1) > 0).any()
+    assert len(column(tmp_path / "runs" / "views", "val_loss")) == 4
     again, _ = fit_in_process(config(warm.data, tmp_path / "runs", "views2", cache, **cfg))
     assert again.features_computed == 0
 

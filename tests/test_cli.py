@@ -18,8 +18,9 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_commands_are_registered():
-    """The CLI registers the prepare commands (and the loop below covers every other command too)."""
-    assert {"prepare-cifar", "prepare-quickdraw"} <= set(COMMANDS)
+    """The CLI registers its commands (and the loop below covers every one of them)."""
+    assert {"prepare-cifar", "prepare-quickdraw", "fit", "backbones", "evaluate", "predict", "export",
+            "plot", "runs", "check"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS], ids=["retrain", *COMMANDS])
@@ -43,9 +44,12 @@ def test_python_dash_m_retrain_help():
 
 
 @pytest.mark.parametrize("module", ["retrain.config", "retrain.errors", "retrain.prepare",
-                                    "retrain.quickdraw", "retrain.download", "retrain.progress"])
+                                    "retrain.quickdraw", "retrain.download", "retrain.progress",
+                                    "retrain.check", "retrain.runs", "retrain.plots", "retrain.evaluate",
+                                    "retrain.predict", "retrain.export"])
 def test_module_does_not_import_tensorflow(module):
-    """Config, errors and the prepare modules load without TensorFlow."""
+    """Config, errors, the prepare modules and the after-fit commands' modules load without
+    TensorFlow (the last three import it where they run a model)."""
     done = python(f"import sys, {module}; print('tensorflow' in sys.modules)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

@@ -152,3 +152,33 @@ def test_squeezenet_fine_tunes_with_photo_augmentations(tmp_path):
     kernels = squeezenet_kernels(SQUEEZENET_FILE)
     np.testing.assert_array_equal(backbone.get_layer("fire8_expand3x3").kernel.numpy(), kernels["fire8_expand3x3"])
     assert not np.array_equal(backbone.get_layer("fire9_expand3x3").kernel.numpy(), kernels["fire9_expand3x3"])
+
+
+def test_grayscale_run_evaluates_predicts_and_exports(tmp_path):
+    """A one-channel run through the after-fit commands: evaluate on its test split, predict
+    on an RGB image (made grayscale as in training), SavedModel and int8 TFLite exports that
+    take one channel."""
+    import tensorflow as tf
+    from PIL import Image
+
+    data = _doodles(tmp_path / "data", {"train": 24, "validation": 8, "test": 8})
+    run = tmp_path / "runs" / "g"
+    result = invoke(fit_args(data, tmp_path / "runs", "g", backbone="gap_cnn", image_size=None, freeze="auto",
+                             epochs=8, batch_size=8, learning_rate=0.003))
+    assert result.exit_code == 0, result.output
+    result = invoke(["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.9
+    rgb = tmp_path / "bar.png"
+    Image.open(data / "test" / "vertical" / "0.png").convert("RGB").save(rgb)
+    result = invoke(["predict", str(run), str(rgb), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "vertical"
+    assert invoke(["export", str(run), "--format", "savedmodel", "--output", str(tmp_path / "sm")]).exit_code == 0
+    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    assert served.structured_input_signature[1]["images"].shape.as_list() == [None, 28, 28, 1]
+    result = invoke(["export", str(run), "--format", "tflite-int8", "--output", str(tmp_path / "m.tflite")])
+    assert result.exit_code == 0, result.output
+    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 28, 28, 1]
