@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jpeg-root", type=Path, default=None, help="an extracted cifar10/ folder")
     parser.add_argument("--only", choices=("default", "frozen"), default=None)
+    parser.add_argument("--tune", action="store_true",
+                        help="tuning run: validation figures only, the test split is not touched")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the run folders here at the end")
     parser.add_argument("extra", nargs="*", help="more `retrain fit` flags (after --)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,16 +60,27 @@ def main() -> None:
             with open(tmp / "runs" / name / "history.csv") as f:
                 history = list(csv.DictReader(f))
             best = max(float(r["val_accuracy"]) for r in history)
-            test = folder_accuracy(tmp / "runs" / name / "model.keras", root / "test", 96)[1]
-            target_acc, target_s = TARGETS[name]
-            verdict = "met" if test >= target_acc and wall <= target_s else "NOT met"
-            print(f"{name:<8} wall {wall:6.1f} s ({wall / 60:.1f} min)  epochs {len(history)}  "
-                  f"best val {best:.4f}  test {test:.4f}  target >= {target_acc} in <= {target_s / 60:.0f} min: "
-                  f"{verdict}")
+            line = f"{name:<8} wall {wall:6.1f} s ({wall / 60:.1f} min)  epochs {len(history)}  best val {best:.4f}"
+            if not args.tune:
+                test = folder_accuracy(tmp / "runs" / name / "model.keras", root / "test", 96)[1]
+                target_acc, target_s = TARGETS[name]
+                verdict = "met" if test >= target_acc and wall <= target_s else "NOT met"
+                line += f"  test {test:.4f}  target >= {target_acc} in <= {target_s / 60:.0f} min: {verdict}"
+            print(line)
             for line in done.stderr.splitlines():
                 if line.startswith(("freeze:", "phase")):
                     print(f"    {line}")
             print("    val_accuracy by epoch: " + " ".join(f"{float(r['val_accuracy']):.3f}" for r in history))
+            _keep(tmp / "runs", args.keep)
+            seconds = re.findall(r"^\d+/\d+ - (\d+(?:\.\d+)?)s - ", done.stdout, re.M)
+            print("    seconds by epoch (Keras):  " + " ".join(seconds))
+
+
+def _keep(runs: Path, to: Path | None) -> None:
+    if to is not None:
+        import shutil
+
+        shutil.copytree(runs, to, dirs_exist_ok=True)
 
 
 if __name__ == "__main__":
