@@ -20,6 +20,7 @@ IMAGE_FORMATS = ("png", "jpg")
 AUGMENTATIONS = ("flip", "crop", "rotation", "brightness", "contrast")
 FREEZE_WORDS = ("auto", "all", "none")
 CLASS_WEIGHTS = ("auto", "none")
+DISTRIBUTE_MODES = ("none", "mirrored", "multi-worker")
 
 
 def _positive(name: str, value: Any, allow_none: bool = False) -> None:
@@ -128,6 +129,7 @@ class FitConfig(_JsonMixin):
     cache_budget: str = "4G"  # disk for the phase-2 boundary activations
     cache_views: int = 0  # with --augment: K cached augmented views per image (0: no cache)
     deterministic: bool = True  # op determinism: same seed, same result (exact resume)
+    distribute: str = "none"  # none | mirrored | multi-worker (see retrain/distribute.py)
 
     def __post_init__(self):
         for name in ("epochs", "fine_tune_epochs"):
@@ -154,6 +156,7 @@ class FitConfig(_JsonMixin):
             raise ConfigError("--validation-split must be between 0 and 1", self.validation_split,
                               "pass for example 0.2")
         _one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
+        _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
         parse_size(self.cache_budget)
         if not isinstance(self.cache_views, int) or self.cache_views < 0:
             raise ConfigError("--cache-views must be 0 or more", self.cache_views,
@@ -173,6 +176,27 @@ class FitConfig(_JsonMixin):
     def weights_path(self) -> Path | None:
         """The weights file, when `weights` names one."""
         return None if self.weights in ("imagenet", "none") else Path(self.weights)
+
+
+@dataclass(frozen=True)
+class LaunchConfig(_JsonMixin):
+    """Settings of `retrain launch`: N local workers running one `fit` command."""
+
+    workers: int = 2
+    port_base: int | None = None  # None: free loopback ports picked by the system
+    log_dir: str | None = None  # None: <temp dir>/retrain-launch-<run name>
+    command: tuple[str, ...] = ()  # what follows `--`: fit and its flags
+
+    def __post_init__(self):
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise ConfigError("--workers must be 1 or more", self.workers, "pass for example --workers 2")
+        if self.port_base is not None and not 1024 <= self.port_base <= 65536 - self.workers:
+            raise ConfigError(f"--port-base must leave {self.workers} ports between 1024 and 65535",
+                              self.port_base, "pass for example --port-base 23456, or drop it")
+        if not self.command or self.command[0] != "fit":
+            raise ConfigError("launch runs `fit`: put it and its flags after --",
+                              " ".join(self.command) or "nothing after --",
+                              "for example: retrain launch --workers 2 -- fit --data DIR")
 
 
 def default_run_name(backbone: str) -> str:
