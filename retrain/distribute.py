@@ -103,7 +103,7 @@ class Distribution:
             where = (f"{self.cluster.num_workers} worker(s), {self.replicas} replica(s); this is "
                      f"{self.cluster.task_type} {self.cluster.task_index}{' (chief)' if self.is_chief else ''}")
         else:
-            where = "one device (the default strategy)"
+            where = "one device"
         return (f"distribute: {self.mode}, {where}; global batch {batch_size * self.replicas} = "
                 f"{batch_size} per replica x {self.replicas}; learning rates not scaled")
 
@@ -122,7 +122,12 @@ def create(mode: str) -> Distribution:
     cluster = read_cluster()
     timeout = float(os.environ.get("RETRAIN_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT))
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except RuntimeError as err:  # "Collective ops must be configured at program startup"
+        raise DistributeError("--distribute multi-worker must start in a process where TensorFlow "
+                              "has not run anything yet", str(err),
+                              "run `retrain fit` (or retrain.train.fit) in a process of its own") from err
     patch_keras()
     return Distribution(mode, strategy, cluster)
 

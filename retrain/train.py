@@ -82,16 +82,16 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     channels = facts.get("channels", 3) if resume else image_channels(data) if spec.channels_follow_data else 3
-    say(dist.describe(config.batch_size))
+    if config.distribute != "none":
+        say(dist.describe(config.batch_size))
     # The chief writes the run folder; other workers write the same files to a temporary one.
     out = distribute.output_folder(dist, run)
     try:
         trainer = _train(config, resume, run, out, dist, spec, alpha, image_size, channels, data,
                          facts if resume else {}, cache_root, index)
-        model_path = out / "model.keras"
         tmp = out / ".model.tmp.keras"
         trainer.model.save(tmp)  # on every worker: saving may take part in collective ops
-        os.replace(tmp, model_path)
+        os.replace(tmp, out / "model.keras")
         best = trainer.best_val_accuracy()
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as err:
         if not dist.multi_worker:
@@ -393,5 +393,8 @@ class _Trainer:
     def best_val_accuracy(self) -> float:
         import csv
 
-        with open(self.run_dir / "history.csv", newline="") as f:
-            return max(float(row["val_accuracy"]) for row in csv.DictReader(f))
+        path = self.run_dir / "history.csv"
+        if not path.exists():  # a non-chief worker that resumed a finished run wrote none
+            return float("nan")
+        with open(path, newline="") as f:
+            return max((float(row["val_accuracy"]) for row in csv.DictReader(f)), default=float("nan"))

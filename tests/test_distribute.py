@@ -177,6 +177,19 @@ def test_multi_worker_without_tf_config(colours, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+def test_multi_worker_after_tensorflow_ran(colours, tmp_path, monkeypatch):
+    """MultiWorkerMirroredStrategy cannot start in a process where TensorFlow already ran an
+    op (as in this test process): one line saying to run fit in a process of its own."""
+    import tensorflow as tf
+
+    tf.constant(1) + 1
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    result = invoke(fit_args(colours, tmp_path / "runs", "x", distribute="multi-worker"))
+    assert_one_error_line(result, 1, "must start in a process where TensorFlow has not run anything")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("args, text", [
     (["--workers", "2", "fit", "--data", "d"], "launch needs `--` before the fit command"),
     (["--workers", "0", "--", "fit"], "--workers must be 1 or more (received: 0)"),
