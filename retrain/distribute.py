@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,11 @@ def peer_failure(err, run: Path) -> DistributeError:
     """The one-line error for a collective op aborted by a dead peer (noticed by the
     coordination service's heartbeats) or timed out."""
     message = getattr(err, "message", str(err))
-    # e.g. "The following tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1"
-    reason = " ".join(message.split("aborted by: ", 1)[-1].strip().splitlines()[:2])[:240]
+    # "{{function_node ...}} Collective ops is aborted by: ... The following tasks are unhealthy
+    # (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n...", or "{{...}} Collective
+    # has timed out during execution. [Op:CollectiveReduceV2]"
+    text = re.sub(r"^\{\{.*?\}\}\s*", "", message.split("aborted by: ", 1)[-1].strip())
+    reason = re.sub(r"\s*\[Op:.*$", "", " ".join(text.splitlines()[:2]))[:240]
     return DistributeError("another worker stopped or stopped answering during multi-worker training",
                            reason, f"restart every worker with `fit --resume {run}` (one machine: "
                            f"`retrain launch --workers N -- fit --resume {run}`); the run goes on "

@@ -224,6 +224,28 @@ def test_read_cluster():
             read_cluster(bad)
 
 
+def test_peer_failure_message():
+    """A collective aborted by a dead peer, or timed out (RETRAIN_COLLECTIVE_TIMEOUT), becomes
+    one line naming what TensorFlow saw and how to resume."""
+    from retrain.distribute import peer_failure
+
+    class Aborted:
+        message = ("{{function_node __wrapped__CollectiveReduceV2}} Collective ops is aborted by: "
+                   "Error reported from /job:worker/task:1: The following tasks are unhealthy (stopped "
+                   "sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+
+    class TimedOut:
+        message = ("{{function_node __wrapped__CollectiveReduceV2}} Collective has timed out during "
+                   "execution. [Op:CollectiveReduceV2] name: ")
+
+    aborted, timed_out = str(peer_failure(Aborted(), Path("r/x"))), str(peer_failure(TimedOut(), Path("r/x")))
+    assert "(received: Error reported from /job:worker/task:1: The following tasks are unhealthy " \
+           "(stopped sending heartbeats): /job:worker/replica:0/task:1)" in aborted
+    assert "(received: Collective has timed out during execution.)" in timed_out
+    for line in (aborted, timed_out):
+        assert "\n" not in line and "fit --resume r/x" in line
+
+
 def test_launch_names_the_run():
     """The launcher adds --distribute multi-worker and, for a new run, a --name every worker
     shares (and the resume hint uses)."""
