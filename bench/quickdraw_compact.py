@@ -43,7 +43,8 @@ def main() -> None:
         print(f"{'network':<12}{'params':>9}{'s/epoch':>9}{'wall s':>8}{'best val':>9}{'test':>7}{'top-3':>7}")
         for net in args.networks.split(","):
             cmd = [sys.executable, "-m", "retrain", "fit", "--data", str(data), "--backbone", net,
-                   "--weights", "none", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+                   "--weights", "none", "--epochs", str(args.epochs), "--schedule", "constant",
+                   "--batch-size", str(args.batch_size),
                    "--runs-dir", str(tmp / "runs"), "--name", net]
             start = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True)

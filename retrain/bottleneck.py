@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrain.cache import SplitCache, key_folder
-from retrain.data import Split, eval_dataset
+from retrain.data import Split, eval_dataset, shard_by_data
 
 IN_MEMORY_BYTES = 1 << 30  # rows below this are read into memory; above, served from the map
 
@@ -117,14 +117,14 @@ def train_dataset(cached: CachedSplit, batch_size: int, seed: int, first_epoch: 
         one = one.batch(batch_size).map(lambda index, view=view: (view, index))
         ds = one if ds is None else ds.concatenate(one)
     gather = _gather(_source(cached.views), tf.constant(cached.labels), cached.num_classes, cached.shape)
-    return ds.map(gather).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(ds.map(gather).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset_cached(cached: CachedSplit, batch_size: int):
     gather = _gather(_source(cached.views[:1]), tf.constant(cached.labels), cached.num_classes, cached.shape)
     zero = tf.constant(0, dtype=tf.int64)
-    return (tf.data.Dataset.range(len(cached.labels)).batch(batch_size)
-            .map(lambda index: (zero, index)).map(gather).prefetch(tf.data.AUTOTUNE))
+    return shard_by_data(tf.data.Dataset.range(len(cached.labels)).batch(batch_size)
+                         .map(lambda index: (zero, index)).map(gather).prefetch(tf.data.AUTOTUNE))
 
 
 def boundary_bytes(shape, images: int, views: int = 1) -> int:

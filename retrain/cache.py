@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from retrain.errors import DatasetError
-from retrain.fileindex import file_digest
+from retrain.fileindex import file_digest, tmp_path
 from retrain.progress import bar
 
 def weights_digest(weights: str) -> str:
@@ -44,7 +44,7 @@ def key_folder(root: Path, key: dict) -> Path:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = tmp_path(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -58,13 +58,17 @@ class SplitCache:
         self.computed = 0  # rows computed by the last `ensure` (tests count them)
 
     def _read(self) -> tuple[np.ndarray | None, list[str]]:
-        if not self.pointer.exists():
-            return None, []
-        meta = json.loads(self.pointer.read_text())
-        path = self.folder / meta["file"]
-        if not path.exists():
-            return None, []
-        return np.load(path, mmap_mode="r"), meta["hashes"]
+        # Another writer (a second worker) may repoint and delete the file between our reading
+        # the pointer and opening the file: then read the new pointer.
+        for _ in range(3):
+            if not self.pointer.exists():
+                return None, []
+            meta = json.loads(self.pointer.read_text())
+            try:
+                return np.load(self.folder / meta["file"], mmap_mode="r"), meta["hashes"]
+            except FileNotFoundError:
+                continue
+        return None, []
 
     def ensure(self, files: list[str], hashes: list[str],
                extract: Callable[[list[str]], Iterable[tuple[np.ndarray, np.ndarray]]],
@@ -82,7 +86,7 @@ class SplitCache:
         missing = [i for i, h in enumerate(hashes) if h not in where]
         digest = hashlib.sha1("".join(hashes).encode()).hexdigest()[:12]
         final = self.folder / f"{self.split}-{digest}.npy"
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        tmp = tmp_path(final)
         try:
             self._write(tmp, files, hashes, missing, where, old, extract, dtype)
             os.replace(tmp, final)

@@ -17,10 +17,10 @@ import typer
 import dataclasses
 from pathlib import Path
 
-from retrain.config import (CHECKPOINTS, CIFAR_DATASETS, CLASS_WEIGHTS, EVAL_SPLITS, EXPORT_FORMATS,
-                            IMAGE_FORMATS, LABEL_MODES, SCHEDULES, CheckConfig, EvaluateConfig, ExportConfig,
-                            FitConfig, PredictConfig, PrepareConfig, QuickDrawConfig, parse_class_names,
-                            parse_list)
+from retrain.config import (CHECKPOINTS, CIFAR_DATASETS, CLASS_WEIGHTS, DISTRIBUTE_MODES, EVAL_SPLITS,
+                            EXPORT_FORMATS, IMAGE_FORMATS, LABEL_MODES, SCHEDULES, CheckConfig, EvaluateConfig,
+                            ExportConfig, FitConfig, LaunchConfig, PredictConfig, PrepareConfig, QuickDrawConfig,
+                            parse_class_names, parse_list)
 from retrain.errors import ConfigError, RetrainError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -52,6 +52,7 @@ Schedule = _choices("Schedule", SCHEDULES)
 Checkpoint = _choices("Checkpoint", CHECKPOINTS)
 EvalSplit = _choices("EvalSplit", EVAL_SPLITS)
 ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
+Distribute = _choices("Distribute", DISTRIBUTE_MODES)
 
 
 def run(job: Callable[[], T]) -> T:
@@ -197,6 +198,9 @@ def fit(
                                      "activations at the freeze point, e.g. 4G, 500M."),
     cache_views: int = typer.Option(_F.cache_views, min=0, help="With --augment: cache K augmented "
                                     "views per image (epoch e reads view e mod K). 0: no cache."),
+    distribute: Distribute = typer.Option(_F.distribute, case_sensitive=False, help="none; mirrored "
+                                          "(every local GPU, or the CPU); multi-worker (the cluster in "
+                                          "TF_CONFIG; see `retrain launch`). --batch-size is per replica."),
 ):
     """Train a classifier: a new head on a pretrained backbone, then fine-tuning."""
     given = {p for p in ctx.params
@@ -209,7 +213,8 @@ def fit(
                   label_smoothing=label_smoothing, validation_split=validation_split,
                   class_weight=class_weight.value, seed=seed, runs_dir=runs_dir, name=name,
                   keep_checkpoints=keep_checkpoints, save_every_steps=save_every_steps, init_from=init_from,
-                  cache=cache, cache_dir=cache_dir, cache_budget=cache_budget, cache_views=cache_views)
+                  cache=cache, cache_dir=cache_dir, cache_budget=cache_budget, cache_views=cache_views,
+                  distribute=distribute.value)
     if resume is not None:
         config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
     else:
@@ -228,6 +233,43 @@ def _resumed_config(folder: Path, overrides: dict) -> FitConfig:
                           str(folder), "drop --runs-dir and --name")
     saved, _, _ = read_run(folder)
     return dataclasses.replace(saved, runs_dir=str(folder.parent), name=folder.name, **overrides)
+
+
+class _DashDash(typer.core.TyperCommand):
+    """Notes whether the command line had `--`, which click drops while parsing."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["dashdash"] = "--" in args
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=_DashDash, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def launch(
+    ctx: typer.Context,
+    command: Optional[list[str]] = typer.Argument(None, metavar="-- fit [FLAGS]...",
+                                                  help="The `fit` command every worker runs."),
+    workers: int = typer.Option(LaunchConfig.workers, help="Local worker processes."),
+    port_base: Optional[int] = typer.Option(None, help="Ports P .. P+N-1 on 127.0.0.1. "
+                                            "Default: free ports the system picks."),
+    log_dir: Optional[str] = typer.Option(None, help="Where workers 1.. write their output. "
+                                          "Default: <temp dir>/retrain-launch-<run name>."),
+):
+    """Run `fit` on N local worker processes (MultiWorkerMirroredStrategy, TF_CONFIG generated).
+
+    retrain launch --workers 2 -- fit --data DIR --backbone mobilenet_v2
+    """
+    args = [*(command or []), *ctx.args]
+    config = run(lambda: _launch_config(ctx.meta.get("dashdash", False), workers, port_base, log_dir, args))
+    from retrain.launch import launch as job
+
+    raise typer.Exit(run(lambda: job(config, debug=_state["debug"])))
+
+
+def _launch_config(dashdash: bool, workers: int, port_base, log_dir, args: list[str]) -> LaunchConfig:
+    if not dashdash:
+        raise ConfigError("launch needs `--` before the fit command", " ".join(args) or "no --",
+                          "for example: retrain launch --workers 2 -- fit --data DIR")
+    return LaunchConfig(workers=workers, port_base=port_base, log_dir=log_dir, command=tuple(args))
 
 
 @app.command()

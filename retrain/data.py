@@ -189,6 +189,18 @@ def _files_dataset(split: Split):
     return tf.data.Dataset.from_tensor_slices((list(split.files), split.labels))
 
 
+def shard_by_data(ds):
+    """Under a multi-worker strategy, give each worker its part of every global batch
+    (tf.data's DATA auto-shard policy: every worker reads the whole, deterministic pipeline
+    and keeps its own slice). The default policy would first try to shard by file, which a
+    list of image paths held in memory cannot be, and warn. No effect on one worker."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
 def eval_dataset(split: Split, num_classes: int | None, image_size: int, batch_size: int,
                  channels: int = 3):
     """Decode, resize, batch, prefetch; fixed order. Labels one-hot, or as they are for
@@ -197,7 +209,7 @@ def eval_dataset(split: Split, num_classes: int | None, image_size: int, batch_s
 
     ds = _files_dataset(split).map(_loader(image_size, num_classes, channels),
                                    num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(ds.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def train_dataset(split: Split, num_classes: int, image_size: int, batch_size: int, seed: int,
@@ -221,7 +233,7 @@ def train_dataset(split: Split, num_classes: int, image_size: int, batch_size: i
         # Batch within the epoch, so no batch straddles two epochs.
         one = one.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(batch_size)
         ds = one if ds is None else ds.concatenate(one)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def steps_per_epoch(split: Split, batch_size: int) -> int:

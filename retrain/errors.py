@@ -35,3 +35,7 @@ class BackboneError(RetrainError):
 
 class CheckpointError(RetrainError):
     """A run folder that cannot be resumed or initialised from."""
+
+
+class DistributeError(RetrainError):
+    """A cluster set-up (TF_CONFIG) that distributed training cannot run with."""

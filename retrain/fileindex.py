@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,12 @@ RACY_SECONDS = 2.0
 def file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def tmp_path(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process on this host (several workers,
+    possibly on several hosts sharing the folder, may write the same file at once)."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
 def _stamp(path: str) -> list[int]:
@@ -79,6 +86,6 @@ class FileIndex:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp = tmp_path(self.path)
         tmp.write_text(json.dumps({k: v for k, v in self.entries.items() if len(v) > 1}))
         os.replace(tmp, self.path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from retrain import checkpoints as ckpts
+from retrain import distribute
 from retrain.backbones import check_alpha, check_image_size, check_weights, get_spec
 from retrain.cache import default_cache_dir
 from retrain.config import FitConfig, default_run_name, parse_size
@@ -24,6 +26,7 @@ from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_da
                           load_folders, steps_per_epoch, train_dataset)
 from retrain.errors import BackboneError
 from retrain.fileindex import FileIndex
+from retrain.plots import write_curves
 from retrain.progress import say
 
 
@@ -67,17 +70,53 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
         saved, saved_labels, facts = ckpts.read_run(run)
         ckpts.check_resume(saved, config, saved_labels, data.class_names)
 
-    import keras
+    if config.distribute == "multi-worker":
+        distribute.read_cluster()  # a missing TF_CONFIG is an error before TensorFlow loads
+
     import tensorflow as tf
 
-    from retrain import model as models
+    # First of all TensorFlow: MultiWorkerMirroredStrategy must configure the runtime.
+    dist = distribute.create(config.distribute)
+    import keras
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     channels = facts.get("channels", 3) if resume else image_channels(data) if spec.channels_follow_data else 3
-    strategy = tf.distribute.get_strategy()  # the default one for now; a flag can choose later
-    with strategy.scope():
+    if config.distribute != "none":
+        say(dist.describe(config.batch_size))
+    # The chief writes the run folder; other workers write the same files to a temporary one.
+    out = distribute.output_folder(dist, run)
+    try:
+        trainer = _train(config, resume, run, out, dist, spec, alpha, image_size, channels, data,
+                         facts if resume else {}, cache_root, index)
+        tmp = out / ".model.tmp.keras"
+        trainer.model.save(tmp)  # on every worker: saving may take part in collective ops
+        os.replace(tmp, out / "model.keras")
+        write_curves(out)
+        best = trainer.best_val_accuracy()
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as err:
+        if not dist.multi_worker:
+            raise
+        raise distribute.peer_failure(err, run) from err
+    finally:
+        if out != run:
+            shutil.rmtree(out, ignore_errors=True)
+    model_path = run / "model.keras"
+    say(f"done: best validation accuracy {best:.4f}; model saved to {model_path}"
+        + ("" if dist.is_chief else " by the chief"))
+    return FitResult(run, model_path, best, trainer.epochs_done, trainer.cache_computed)
+
+
+def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, alpha, image_size: int,
+           channels: int, data: ImageFolders, facts: dict, cache_root: Path, index: FileIndex) -> "_Trainer":
+    """Build the model in the strategy's scope and train it; -> the trainer, done."""
+    import keras
+    import tensorflow as tf
+
+    from retrain import model as models
+
+    with dist.strategy.scope():
         # Build without weights first: a bad freeze point is reported before weights load.
         backbone = models.build_backbone(spec, image_size, alpha, "none", channels)
         layer_names = [layer.name for layer in backbone.layers]
@@ -102,21 +141,14 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
         if config.init_from and not resume:
             _init_weights(model, Path(config.init_from))
         if not resume:  # only now: a bad weights file or --init-from leaves no run behind
-            ckpts.create_run(run, config, data.class_names, facts)
+            ckpts.create_run(out, config, data.class_names, facts)
         # A network trained from scratch has no features worth a head-only phase.
         single_phase = spec.from_scratch and facts["freeze_layers"] == 0
-        trainer = _Trainer(config, run, model, backbone, data, image_size, facts["freeze_layers"],
-                           cache_root, index, single_phase)
+        trainer = _Trainer(config, out, model, backbone, data, image_size, facts["freeze_layers"],
+                           cache_root, index, single_phase, dist)
+        # Every worker resumes from the chief's run folder (shared storage across hosts).
         trainer.run(ckpts.latest(run / "ckpt") if resume else None)
-    model_path = run / "model.keras"
-    tmp = run / ".model.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, model_path)
-    from retrain.plots import write_curves
-    write_curves(run)
-    best = trainer.best_val_accuracy()
-    say(f"done: best validation accuracy {best:.4f}; model saved to {model_path}")
-    return FitResult(run, model_path, best, trainer.epochs_done, trainer.cache_computed)
+    return trainer
 
 
 def _init_weights(model, source: Path) -> None:
@@ -138,12 +170,15 @@ class _Trainer:
 
     def __init__(self, config: FitConfig, run: Path, model, backbone, data: ImageFolders,
                  image_size: int, freeze_layers: int, cache_root: Path, index: FileIndex,
-                 single_phase: bool = False):
+                 single_phase: bool = False, dist: distribute.Distribution | None = None):
         import tensorflow as tf
 
         self.config, self.run_dir, self.model, self.backbone = config, run, model, backbone
         self.data, self.image_size, self.freeze_layers = data, image_size, freeze_layers
-        self.steps = steps_per_epoch(data.train, config.batch_size)
+        self.dist = dist or distribute.create("none")
+        # Datasets are batched by the global batch; the strategy splits it among the replicas.
+        self.batch_size = config.batch_size * self.dist.replicas
+        self.steps = steps_per_epoch(data.train, self.batch_size)
         self.cache_root, self.index, self.single_phase = cache_root, index, single_phase
         self.channels = int(model.input.shape[-1])
         self.cache_computed = 0  # bottleneck rows computed by this process (tests count them)
@@ -214,10 +249,11 @@ class _Trainer:
         # per call, 11.3 s at one epoch per call.
         per_call = 1
         if self.trainee is not self.model and not self.config.save_every_steps:
-            per_call = self.steps
+            per_call = distribute.steps_per_execution(self.dist, self.steps)
         self.trainee.compile(optimizer=keras.optimizers.Adam(self._schedule(phase, learning_rate)),
                              loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
                              metrics=metrics, steps_per_execution=per_call)
+        distribute.prepare_model(self.trainee, self.dist)
         self.trainee.optimizer.build(self.trainee.trainable_variables)  # so a restore fills it now
         self.state["phase"].assign(phase)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.trainee.optimizer,
@@ -250,10 +286,10 @@ class _Trainer:
         Sets `trainee` (the model fit trains), `train_data(first, end, skip)` and `val`."""
         self.trainee = self.model
         self.train_data = lambda first, end, skip=0: train_dataset(
-            self.data.train, self.data.num_classes, self.image_size, self.config.batch_size,
+            self.data.train, self.data.num_classes, self.image_size, self.batch_size,
             self.config.seed, first, end, skip, self.channels)
         self.val = eval_dataset(self.data.validation, self.data.num_classes, self.image_size,
-                                self.config.batch_size, self.channels)
+                                self.batch_size, self.channels)
         why_not = self._why_not_cached(phase, frozen)
         if why_not:
             say(f"phase {phase}: reading images every epoch ({why_not})")
@@ -299,8 +335,8 @@ class _Trainer:
         self.cache_computed += computed + computed_val
         self.trainee = top
         self.train_data = lambda first, end, skip=0: bottleneck.train_dataset(
-            train, self.config.batch_size, self.config.seed, first, end, skip)
-        self.val = bottleneck.eval_dataset_cached(val, self.config.batch_size)
+            train, self.batch_size, self.config.seed, first, end, skip)
+        self.val = bottleneck.eval_dataset_cached(val, self.batch_size)
 
     def _why_not_cached(self, phase: int, frozen: int) -> str:
         if not self.config.cache:
@@ -337,7 +373,7 @@ class _Trainer:
 
         from retrain.callbacks import CheckpointSaver, CompleteResumedEpoch, EpochSeeds
 
-        before = step * self.config.batch_size
+        before = step * self.batch_size
         complete = [CompleteResumedEpoch(self.state["partial_logs"].numpy(), before,
                                          len(self.data.train.files) - before)] if step else []
         return complete + [keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
@@ -372,5 +408,8 @@ class _Trainer:
     def best_val_accuracy(self) -> float:
         import csv
 
-        with open(self.run_dir / "history.csv", newline="") as f:
-            return max(float(row["val_accuracy"]) for row in csv.DictReader(f))
+        path = self.run_dir / "history.csv"
+        if not path.exists():  # a non-chief worker that resumed a finished run wrote none
+            return float("nan")
+        with open(path, newline="") as f:
+            return max((float(row["val_accuracy"]) for row in csv.DictReader(f)), default=float("nan"))

@@ -40,7 +40,8 @@ def config(data: Path, runs: Path, name: str, cache_root: Path, **overrides) -> 
     """A quick tiny_cnn run: 2 head epochs, 1 fine-tuning epoch above block1_out."""
     values = dict(data=str(data), backbone="tiny_cnn", weights="none", image_size=32, freeze=BOUNDARY,
                   epochs=2, fine_tune_epochs=1, batch_size=4, learning_rate=0.05,
-                  fine_tune_learning_rate=0.01, runs_dir=str(runs), name=name, cache_dir=str(cache_root))
+                  fine_tune_learning_rate=0.01, schedule="constant", runs_dir=str(runs), name=name,
+                  cache_dir=str(cache_root))
     values.update(overrides)
     return FitConfig(**values)
 
