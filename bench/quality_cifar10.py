@@ -4,7 +4,7 @@ Extracts ../shared/data/cifar10-jpeg.tar.gz, runs exactly
     retrain fit --data <train, 50,000 JPEGs as one <label>/ tree> --backbone mobilenet_v2
                 --alpha 0.35 --weights <shared MobileNetV2 0.35 file> --image-size 96
 (the defaults decide the rest: validation split held out by hash, freeze point, epochs,
-learning rates, schedule, cache), times the whole command, then evaluates the final model
+learning rates, schedule, cache; a cold cache of its own), times the whole command, then evaluates the final model
 once on the 10,000 test images. A second run adds --freeze all (the frozen-only target).
 Extra `retrain fit` flags after `--` are added to both (for tuning on the validation split).
 
@@ -51,7 +51,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "retrain", "fit", "--data", str(root / "train"),
                    "--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", str(WEIGHTS),
                    "--image-size", "96", "--runs-dir", str(tmp / "runs"), "--name", name,
-                   "--cache-dir", str(tmp / "cache"), *flags, *args.extra]
+                   "--cache-dir", str(tmp / f"cache-{name}"), *flags, *args.extra]
             start = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - start
