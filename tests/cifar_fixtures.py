@@ -261,3 +261,13 @@ class LoopbackServer(http.server.ThreadingHTTPServer):
 
     def range_headers(self) -> list[str | None]:
         return [r["headers"].get("Range") for r in self.requests]
+
+
+def assert_one_line_error(result, code: int = 1) -> str:
+    """The command failed with `code`, reported as one `error:` line, without a traceback."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}"
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]

@@ -20,7 +20,7 @@ from PIL import Image
 
 import retrain.prepare
 from cifar_fixtures import (CIFAR10_LABELS, CifarArchive, Hostile, build_cifar10, build_tar_gz,
-                            cifar_pickle, md5_of, snapshot)
+                            assert_one_line_error, cifar_pickle, md5_of, snapshot)
 from retrain.cli import app
 from retrain.config import PrepareConfig
 from retrain.download import fetch
@@ -39,16 +39,6 @@ def run_cli(runner, *args):
 def local_args(archive: CifarArchive, root: Path, *extra) -> list[str]:
     return ["--source", str(archive.path), "--md5", archive.md5, "--root", str(root),
             "--workers", "1", *map(str, extra)]
-
-
-def assert_one_line_error(result, code: int = 1) -> str:
-    """The command failed with `code`, reported as one `error:` line, without a traceback."""
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}"
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def files_by_split(out: Path, ext: str = "png") -> dict[str, dict[str, list[int]]]:

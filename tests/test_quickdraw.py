@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import retrain.quickdraw
-from cifar_fixtures import LoopbackServer, snapshot
+from cifar_fixtures import LoopbackServer, assert_one_line_error, snapshot
 from fit_fixtures import SHARED_DATA, shared_file
 from retrain.cli import app
 from retrain.config import QuickDrawConfig
@@ -60,15 +60,6 @@ def header_bytes(name: str = "apple") -> int:
 
 def run_cli(runner, *args):
     return runner.invoke(app, ["prepare-quickdraw", *map(str, args)])
-
-
-def assert_one_line_error(result, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}"
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def files_on_disk(out: Path) -> dict[str, dict[str, list[int]]]:
