@@ -39,12 +39,17 @@ def create_run(path: Path, config: FitConfig, class_names: tuple[str, ...], fact
     atomic_write(path / "run.json", json.dumps(facts, indent=2))
 
 
+SETTINGS_BEFORE_THEY_EXISTED = {"schedule": "constant", "distribute": "none"}
+
+
 def read_run(path: Path) -> tuple[FitConfig, tuple[str, ...], dict]:
     """-> (config, labels, decisions) of an existing run folder."""
     if not (path / "config.json").is_file():
         raise CheckpointError("not a run folder (no config.json)", str(path),
                               "pass a folder under checkpoints/ made by `retrain fit`")
-    config = FitConfig.from_json((path / "config.json").read_text())
+    saved = json.loads((path / "config.json").read_text())
+    # A setting added after the run was made: what the run did then, not today's default.
+    config = FitConfig.from_dict({**SETTINGS_BEFORE_THEY_EXISTED, **saved})
     labels = tuple((path / "labels.txt").read_text().splitlines())
     facts = json.loads((path / "run.json").read_text())
     return config, labels, facts

@@ -155,3 +155,15 @@ def test_state_round_trip_and_best_first(tmp_path):
     assert init_checkpoint(run / "ckpt" / "ckpt-3") == str(run / "ckpt" / "ckpt-3")
     assert len(list((run / "ckpt").glob("ckpt-*.index"))) == 2
     assert json.loads(json.dumps(read_state(latest(run / "best"))))["epoch"] == 2
+
+
+def test_a_run_made_before_the_schedule_existed_resumes_constant(tmp_path):
+    """config.json without "schedule" (runs made when the learning rate was constant) reads
+    back as constant, not as today's default, so a resume does not change its schedule."""
+    create_run(tmp_path / "run", SAVED, ("a", "b"), {"image_size": 32})
+    path = tmp_path / "run" / "config.json"
+    old = json.loads(path.read_text())
+    del old["schedule"]
+    path.write_text(json.dumps(old))
+    assert read_run(tmp_path / "run")[0].schedule == "constant"
+    assert FitConfig().schedule == "cosine"
