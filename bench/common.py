@@ -1,9 +1,17 @@
-"""What the benchmarks share: where ../shared is, and CIFAR-10 JPEG subsets from it."""
+"""What the benchmarks share: where ../shared is, CIFAR-10 JPEG subsets from it, timed
+`retrain fit` commands and the accuracy of their models."""
 
 from __future__ import annotations
 
+import csv
 import os
+import re
+import shutil
+import subprocess
+import sys
 import tarfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +59,43 @@ def folder_accuracy(model_path: Path, test_dir: Path, image_size: int, top: tupl
             hits[k] += int((ranked[:, :k] == truth).any(axis=1).sum())
         total += len(truth)
     return {k: n / total for k, n in hits.items()}
+
+
+@dataclass(frozen=True)
+class FitRun:
+    """One `retrain fit` command, timed whole, and what it left."""
+
+    wall: float  # seconds
+    history: list[dict[str, str]]  # history.csv rows
+    stdout: str  # Keras' per-epoch lines
+    stderr: str  # retrain's own lines
+
+    @property
+    def best_val(self) -> float:
+        return max(float(r["val_accuracy"]) for r in self.history)
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        """Keras' own per-epoch figures (`625/625 - 41s - ...`)."""
+        return [float(s) for s in re.findall(r"^\d+/\d+ - (\d+(?:\.\d+)?)s - ", self.stdout, re.M)]
+
+    def said(self, *prefixes: str) -> list[str]:
+        """retrain's lines that start with one of the prefixes (what it chose, and why)."""
+        return [line for line in self.stderr.splitlines() if line.startswith(prefixes)]
+
+
+def run_fit(args: list[str], run: Path) -> FitRun:
+    """`python -m retrain fit ARGS` writing the run folder `run`; exits with its stderr if it fails."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "retrain", "fit", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(done.stderr[-3000:])
+    with open(run / "history.csv", newline="") as f:
+        return FitRun(wall, list(csv.DictReader(f)), done.stdout, done.stderr)
+
+
+def keep_runs(runs: Path, to: Path | None) -> None:
+    """Copy the run folders out of the temporary folder (--keep)."""
+    if to is not None:
+        shutil.copytree(runs, to, dirs_exist_ok=True)

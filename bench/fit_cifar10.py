@@ -11,15 +11,11 @@ usage: python bench/fit_cifar10.py [--per-class 5000] [--image-size 96] [-- extr
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import WEIGHTS, cifar_jpegs, folder_accuracy, subset
+from common import WEIGHTS, cifar_jpegs, folder_accuracy, run_fit, subset
 
 
 def main() -> None:
@@ -38,20 +34,12 @@ def main() -> None:
         test = subset(root, "test", args.test_per_class, tmp / "test")
         rows = []
         for freeze in args.settings.split(","):
-            cmd = [sys.executable, "-m", "retrain", "fit", "--data", str(train), "--backbone", "mobilenet_v2",
-                   "--alpha", "0.35", "--weights", str(WEIGHTS), "--image-size", str(args.image_size),
-                   "--freeze", freeze, "--validation-split", "0.1", "--runs-dir", str(tmp / "runs"),
-                   "--name", freeze, "--cache-dir", str(tmp / "cache"), *args.extra]
-            start = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            if done.returncode:
-                sys.exit(done.stderr[-3000:])
-            chosen = [line for line in done.stderr.splitlines() if line.startswith(("freeze:", "phase"))]
-            with open(tmp / "runs" / freeze / "history.csv") as f:
-                history = list(csv.DictReader(f))
-            best = max(float(r["val_accuracy"]) for r in history)
-            rows.append((freeze, wall, len(history), best, tmp / "runs" / freeze / "model.keras", chosen))
+            fit = run_fit(["--data", str(train), "--backbone", "mobilenet_v2", "--alpha", "0.35",
+                           "--weights", str(WEIGHTS), "--image-size", str(args.image_size), "--freeze", freeze,
+                           "--validation-split", "0.1", "--runs-dir", str(tmp / "runs"), "--name", freeze,
+                           "--cache-dir", str(tmp / "cache"), *args.extra], tmp / "runs" / freeze)
+            rows.append((freeze, fit.wall, len(fit.history), fit.best_val, tmp / "runs" / freeze / "model.keras",
+                         fit.said("freeze:", "phase")))
         print(f"MobileNetV2 0.35, {args.image_size} px, CIFAR-10 train {args.per_class}/class "
               f"(10% held out by hash), {os.cpu_count()} cores; extra flags: {' '.join(args.extra) or '-'}")
         for freeze, wall, epochs, best, model, chosen in rows:

@@ -14,16 +14,11 @@ usage: python bench/quality_cifar10.py [--jpeg-root DIR] [--only default|frozen]
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import re
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import WEIGHTS, cifar_jpegs, folder_accuracy
+from common import WEIGHTS, cifar_jpegs, folder_accuracy, keep_runs, run_fit
 
 REFERENCE = ("Keras transfer-learning guide, same weights/data/size (measured here): "
              "0.711 test frozen, 0.809 fine-tuned, ~12.6 min of training")
@@ -48,39 +43,23 @@ def main() -> None:
         for name, flags in (("default", []), ("frozen", ["--freeze", "all"])):
             if args.only and args.only != name:
                 continue
-            cmd = [sys.executable, "-m", "retrain", "fit", "--data", str(root / "train"),
-                   "--backbone", "mobilenet_v2", "--alpha", "0.35", "--weights", str(WEIGHTS),
-                   "--image-size", "96", "--runs-dir", str(tmp / "runs"), "--name", name,
-                   "--cache-dir", str(tmp / f"cache-{name}"), *flags, *args.extra]
-            start = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            if done.returncode:
-                sys.exit(done.stderr[-3000:])
-            with open(tmp / "runs" / name / "history.csv") as f:
-                history = list(csv.DictReader(f))
-            best = max(float(r["val_accuracy"]) for r in history)
-            line = f"{name:<8} wall {wall:6.1f} s ({wall / 60:.1f} min)  epochs {len(history)}  best val {best:.4f}"
+            fit = run_fit(["--data", str(root / "train"), "--backbone", "mobilenet_v2", "--alpha", "0.35",
+                           "--weights", str(WEIGHTS), "--image-size", "96", "--runs-dir", str(tmp / "runs"),
+                           "--name", name, "--cache-dir", str(tmp / f"cache-{name}"), *flags, *args.extra],
+                          tmp / "runs" / name)
+            line = (f"{name:<8} wall {fit.wall:6.1f} s ({fit.wall / 60:.1f} min)  epochs {len(fit.history)}  "
+                    f"best val {fit.best_val:.4f}")
             if not args.tune:
                 test = folder_accuracy(tmp / "runs" / name / "model.keras", root / "test", 96)[1]
                 target_acc, target_s = TARGETS[name]
-                verdict = "met" if test >= target_acc and wall <= target_s else "NOT met"
+                verdict = "met" if test >= target_acc and fit.wall <= target_s else "NOT met"
                 line += f"  test {test:.4f}  target >= {target_acc} in <= {target_s / 60:.0f} min: {verdict}"
             print(line)
-            for line in done.stderr.splitlines():
-                if line.startswith(("freeze:", "phase")):
-                    print(f"    {line}")
-            print("    val_accuracy by epoch: " + " ".join(f"{float(r['val_accuracy']):.3f}" for r in history))
-            _keep(tmp / "runs", args.keep)
-            seconds = re.findall(r"^\d+/\d+ - (\d+(?:\.\d+)?)s - ", done.stdout, re.M)
-            print("    seconds by epoch (Keras):  " + " ".join(seconds))
-
-
-def _keep(runs: Path, to: Path | None) -> None:
-    if to is not None:
-        import shutil
-
-        shutil.copytree(runs, to, dirs_exist_ok=True)
+            for said in fit.said("freeze:", "phase"):
+                print(f"    {said}")
+            print("    val_accuracy by epoch: " + " ".join(f"{float(r['val_accuracy']):.3f}" for r in fit.history))
+            print("    seconds by epoch (Keras):  " + " ".join(f"{s:g}" for s in fit.epoch_seconds))
+        keep_runs(tmp / "runs", args.keep)
 
 
 if __name__ == "__main__":

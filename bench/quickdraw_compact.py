@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SHARED, folder_accuracy
+from common import SHARED, folder_accuracy, run_fit
 
 CLASSES = "apple,bicycle,cat,diamond,eye,fish"
 
@@ -42,21 +42,13 @@ def main() -> None:
         print(f"{args.epochs} epochs, batch {args.batch_size}, Adam 1e-3, {os.cpu_count()} cores")
         print(f"{'network':<12}{'params':>9}{'s/epoch':>9}{'wall s':>8}{'best val':>9}{'test':>7}{'top-3':>7}")
         for net in args.networks.split(","):
-            cmd = [sys.executable, "-m", "retrain", "fit", "--data", str(data), "--backbone", net,
-                   "--weights", "none", "--epochs", str(args.epochs), "--schedule", "constant",
-                   "--batch-size", str(args.batch_size),
-                   "--runs-dir", str(tmp / "runs"), "--name", net]
-            start = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            if done.returncode:
-                sys.exit(done.stderr[-3000:])
-            epoch_s = [float(s) for s in re.findall(r"^\d+/\d+ - (\d+(?:\.\d+)?)s - ", done.stdout, re.M)]
-            params = re.search(r"phase 1: ([\d,]+) trainable parameters", done.stderr).group(1)
-            val = max(float(v) for v in re.findall(r"val_accuracy: ([\d.]+)", done.stdout))
+            fit = run_fit(["--data", str(data), "--backbone", net, "--weights", "none", "--epochs", str(args.epochs),
+                           "--schedule", "constant", "--batch-size", str(args.batch_size),
+                           "--runs-dir", str(tmp / "runs"), "--name", net], tmp / "runs" / net)
+            params = re.search(r"phase 1: ([\d,]+) trainable parameters", fit.stderr).group(1)
             acc = folder_accuracy(tmp / "runs" / net / "model.keras", data / "test", 28, (1, 3))
-            later = epoch_s[1:] or epoch_s
-            print(f"{net:<12}{params:>9}{sum(later) / len(later):>9.1f}{wall:>8.1f}{val:>9.4f}"
+            later = fit.epoch_seconds[1:] or fit.epoch_seconds
+            print(f"{net:<12}{params:>9}{sum(later) / len(later):>9.1f}{fit.wall:>8.1f}{fit.best_val:>9.4f}"
                   f"{acc[1]:>7.4f}{acc[3]:>7.4f}")
 
 

@@ -11,15 +11,11 @@ usage: python bench/squeezenet_photos.py [--per-class 200] [--image-size 112] [-
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import SHARED, cifar_jpegs, folder_accuracy, subset
+from common import SHARED, cifar_jpegs, folder_accuracy, keep_runs, run_fit, subset
 
 SQUEEZENET = SHARED / "weights" / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -46,21 +42,14 @@ def main() -> None:
                                                "--fine-tune-epochs", str(args.fine_tune_epochs)]),
                 ("scratch", "none", ["--freeze", "none", "--epochs", "0",
                                      "--fine-tune-epochs", str(args.epochs + args.fine_tune_epochs)])):
-            cmd = [sys.executable, "-m", "retrain", "fit", "--data", str(train), "--backbone", "squeezenet",
-                   "--weights", weights, "--image-size", str(args.image_size), "--validation-split", "0.1",
-                   "--augment", "flip,crop,brightness", "--runs-dir", str(tmp / "runs"), "--name", name, *extra]
-            start = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            if done.returncode:
-                sys.exit(done.stderr[-3000:])
-            with open(tmp / "runs" / name / "history.csv") as f:
-                best = max(float(r["val_accuracy"]) for r in csv.DictReader(f))
+            fit = run_fit(["--data", str(train), "--backbone", "squeezenet", "--weights", weights,
+                           "--image-size", str(args.image_size), "--validation-split", "0.1",
+                           "--augment", "flip,crop,brightness", "--runs-dir", str(tmp / "runs"), "--name", name,
+                           *extra], tmp / "runs" / name)
             acc = folder_accuracy(tmp / "runs" / name / "model.keras", test, args.image_size)[1]
-            print(f"{name:<9} weights {Path(weights).name:<55} wall {wall:6.1f} s  best val {best:.4f}  "
-                  f"test {acc:.4f}")
-        if args.keep:
-            subprocess.run(["cp", "-r", str(tmp / "runs"), str(args.keep)], check=True)
+            print(f"{name:<9} weights {Path(weights).name:<55} wall {fit.wall:6.1f} s  "
+                  f"best val {fit.best_val:.4f}  test {acc:.4f}")
+        keep_runs(tmp / "runs", args.keep)
 
 
 if __name__ == "__main__":

@@ -116,22 +116,30 @@ def squeezenet(size: int, channels: int) -> keras.Model:
     return keras.Model(inputs, x, name="squeezenet")
 
 
+SQUEEZENET_CONVS = ("conv1", *(f"fire{number}_{part}" for number, _, _ in SQUEEZENET_FIRES
+                                for part in ("squeeze1x1", "expand1x1", "expand3x3")))
+
+
+def _file_tensors(f, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel HWIO, bias) of one layer in the Keras-1 file: its group (`fire2/squeeze1x1` for
+    the layer `fire2_squeeze1x1`: Keras 3 names cannot hold "/") holds a 4-D `uniformN` and a
+    1-D `<layer>_b`, at some depth."""
+    import h5py
+
+    found = {}
+    f[layer.replace("_", "/", 1)].visititems(
+        lambda _, obj: found.__setitem__(obj.ndim, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found[4], found[1]
+
+
 def load_squeezenet_h5(model: keras.Model, path: Path) -> None:
-    """The Keras-1 file keeps each layer's kernel (HWIO, `uniformN`) and bias (`<layer>_b`)
-    in a group named like `fire2/squeeze1x1`; Keras 3 names cannot hold "/", so the layer
-    here is `fire2_squeeze1x1`. Every conv layer must be found, with its shapes."""
+    """Assign every conv layer's kernel and bias from the file, by layer name and shape."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            for layer in model.layers:
-                if not isinstance(layer, layers.Conv2D):
-                    continue
-                group = f[layer.name.replace("_", "/", 1)] if layer.name != "conv1" else f["conv1"]
-                arrays = {}
-                group.visititems(lambda n, o: arrays.__setitem__(len(o.shape), o[()])
-                                 if hasattr(o, "shape") else None)
-                layer.set_weights([arrays[4], arrays[1]])
+            for name in SQUEEZENET_CONVS:
+                model.get_layer(name).set_weights(list(_file_tensors(f, name)))
     except (OSError, KeyError, ValueError) as err:
         raise BackboneError(f"the weights file does not fit squeezenet: {str(err).splitlines()[0][:200]}",
                             path, f"pass the SqueezeNet v1.1 Keras file ({SQUEEZENET_FILE})") from None
@@ -141,13 +149,8 @@ def squeezenet_kernels(path: Path) -> dict[str, np.ndarray]:
     """{layer name here: kernel} as the file holds them (to check a load against)."""
     import h5py
 
-    found = {}
     with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if hasattr(obj, "shape") and len(obj.shape) == 4:
-                found[name.rsplit("/", 1)[0].replace("/", "_")] = obj[()]
-        f.visititems(visit)
-    return found
+        return {name: _file_tensors(f, name)[0] for name in SQUEEZENET_CONVS}
 
 
 BUILDERS = {"tiny_cnn": tiny_cnn, "simple_cnn": simple_cnn, "k1k3_cnn": k1k3_cnn, "gap_cnn": gap_cnn,
