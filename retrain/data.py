@@ -162,8 +162,9 @@ def class_weights(split: Split, num_classes: int) -> dict[int, float]:
 def image_channels(data: ImageFolders, sample: int = 64) -> int:
     """1 when the images are grayscale (a sample of each class, by Pillow's header), else 3."""
     for split in (data.train, data.validation):
+        files = np.asarray(split.files)
         for label in range(data.num_classes):
-            for path in np.asarray(split.files)[split.labels == label][:sample]:
+            for path in files[split.labels == label][:sample]:
                 with Image.open(path) as image:
                     if image.mode not in ("L", "1"):
                         return 3
