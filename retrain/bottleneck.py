@@ -103,21 +103,45 @@ def _gather(source, labels, num_classes: int, shape):
     return gather
 
 
+def shift_rows(rows, cells: int, seed):
+    """Each activation map moved by up to `cells` cells at random in each direction (edges
+    mirrored): the cached counterpart of a random crop of the image. Convolutions commute with
+    translation, so a shift by one cell at a boundary of stride s is close to the activations
+    of the image moved by s pixels, without a forward pass. `seed`: a stateless seed pair."""
+    h, w = rows.shape[1], rows.shape[2]
+    padded = tf.pad(rows, [[0, 0], [cells, cells], [cells, cells], [0, 0]], mode="SYMMETRIC")
+    offsets = tf.random.stateless_uniform((tf.shape(rows)[0], 2), seed, 0, 2 * cells + 1, dtype=tf.int32)
+    ys = offsets[:, :1] + tf.range(h)[None, :]
+    xs = offsets[:, 1:] + tf.range(w)[None, :]
+    return tf.gather(tf.gather(padded, ys, axis=1, batch_dims=1), xs, axis=2, batch_dims=1)
+
+
 def train_dataset(cached: CachedSplit, batch_size: int, seed: int, first_epoch: int,
-                  end_epoch: int, skip_batches: int = 0):
-    """Like data.train_dataset, over cached rows: epoch e reads view e % views."""
+                  end_epoch: int, skip_batches: int = 0, shift: int = 0):
+    """Like data.train_dataset, over cached rows: epoch e reads view e % views. With `shift`
+    and activation maps (not pooled features), each batch goes through `shift_rows`, seeded
+    by (seed, epoch, batch): a resumed run shifts every row as the uninterrupted one did."""
     n = len(cached.labels)
     indices = tf.data.Dataset.range(n)
+    shift = shift if len(cached.shape) == 3 else 0
     ds = None
     for epoch in range(first_epoch, end_epoch):
         one = indices.shuffle(n, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
-        if epoch == first_epoch and skip_batches:
-            one = one.skip(skip_batches * batch_size)
+        first_batch = skip_batches if epoch == first_epoch else 0
+        if first_batch:
+            one = one.skip(first_batch * batch_size)
         view = tf.constant(epoch % len(cached.views), dtype=tf.int64)
-        one = one.batch(batch_size).map(lambda index, view=view: (view, index))
+        one = one.batch(batch_size).enumerate(first_batch).map(
+            lambda batch, index, view=view, epoch=epoch: (view, index, tf.stack([
+                tf.constant(seed * 100_003 + epoch, tf.int64), batch])))
         ds = one if ds is None else ds.concatenate(one)
     gather = _gather(_source(cached.views), tf.constant(cached.labels), cached.num_classes, cached.shape)
-    return shard_by_data(ds.map(gather).prefetch(tf.data.AUTOTUNE))
+
+    def rows(view, index, batch_seed):
+        x, y = gather(view, index)
+        return (shift_rows(x, shift, batch_seed) if shift else x), y
+
+    return shard_by_data(ds.map(rows).prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset_cached(cached: CachedSplit, batch_size: int):

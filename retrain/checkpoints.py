@@ -39,7 +39,7 @@ def create_run(path: Path, config: FitConfig, class_names: tuple[str, ...], fact
     atomic_write(path / "run.json", json.dumps(facts, indent=2))
 
 
-SETTINGS_BEFORE_THEY_EXISTED = {"schedule": "constant", "distribute": "none"}
+SETTINGS_BEFORE_THEY_EXISTED = {"schedule": "constant", "distribute": "none", "feature_shift": 0}
 
 
 def read_run(path: Path) -> tuple[FitConfig, tuple[str, ...], dict]:

@@ -198,6 +198,9 @@ def fit(
                                      "activations at the freeze point, e.g. 4G, 500M."),
     cache_views: int = typer.Option(_F.cache_views, min=0, help="With --augment: cache K augmented "
                                     "views per image (epoch e reads view e mod K). 0: no cache."),
+    feature_shift: int = typer.Option(_F.feature_shift, min=0, help="Fine-tuning on cached activations: "
+                                      "move each map by up to N cells at random, the cached form of a "
+                                      "random crop (N x the boundary's stride in pixels). 0: off."),
     distribute: Distribute = typer.Option(_F.distribute, case_sensitive=False, help="none; mirrored "
                                           "(every local GPU, or the CPU); multi-worker (the cluster in "
                                           "TF_CONFIG; see `retrain launch`). --batch-size is per replica."),
@@ -214,7 +217,7 @@ def fit(
                   class_weight=class_weight.value, seed=seed, runs_dir=runs_dir, name=name,
                   keep_checkpoints=keep_checkpoints, save_every_steps=save_every_steps, init_from=init_from,
                   cache=cache, cache_dir=cache_dir, cache_budget=cache_budget, cache_views=cache_views,
-                  distribute=distribute.value)
+                  feature_shift=feature_shift, distribute=distribute.value)
     if resume is not None:
         config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
     else:

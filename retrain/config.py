@@ -199,6 +199,7 @@ class FitConfig(_JsonMixin):
     cache_dir: str | None = None  # None: beside the dataset, <data>/../.<name>-cache
     cache_budget: str = "4G"  # disk for the phase-2 boundary activations
     cache_views: int = 0  # with --augment: K cached augmented views per image (0: no cache)
+    feature_shift: int = 0  # phase 2 on cached activations: shift each map by up to N cells
     deterministic: bool = True  # op determinism: same seed, same result (exact resume)
     distribute: str = "none"  # none | mirrored | multi-worker (see retrain/distribute.py)
 
@@ -233,6 +234,9 @@ class FitConfig(_JsonMixin):
         if not isinstance(self.cache_views, int) or self.cache_views < 0:
             raise ConfigError("--cache-views must be 0 or more", self.cache_views,
                               "pass the number of augmented views to cache per image")
+        if not isinstance(self.feature_shift, int) or self.feature_shift < 0:
+            raise ConfigError("--feature-shift must be 0 or more", self.feature_shift,
+                              "pass the number of cells, for example 1 (0: off)")
         for aug in self.augment:
             _one_of("augment", aug, AUGMENTATIONS)
         if self.freeze.lower() in FREEZE_WORDS and self.freeze != self.freeze.lower():

@@ -335,7 +335,7 @@ class _Trainer:
         self.cache_computed += computed + computed_val
         self.trainee = top
         self.train_data = lambda first, end, skip=0: bottleneck.train_dataset(
-            train, self.batch_size, self.config.seed, first, end, skip)
+            train, self.batch_size, self.config.seed, first, end, skip, self.config.feature_shift)
         self.val = bottleneck.eval_dataset_cached(val, self.batch_size)
 
     def _why_not_cached(self, phase: int, frozen: int) -> str:

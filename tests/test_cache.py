@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fit_fixtures import (COLOURS, column, fit_args, invoke, load_model, make_colour_data, noisy_colour,
+from fit_fixtures import (COLOURS, column, fit_args, invoke, load_model, make_colour_data, model_weights, noisy_colour,
                           read_history, write_png)
 from retrain.cache import SplitCache, default_cache_dir
 from retrain.fileindex import FileIndex, file_digest
@@ -627,3 +627,69 @@ def test_undecodable_image_does_not_shift_cached_rows(warm, tmp_path):
              and hashes[int(np.abs(table - cached[h]).sum(axis=1).argmin())] != h]
     assert (wrong, zero) == ([], []), (f"{len(wrong)} of {len(clean)} readable images have another "
                                        f"image's row; {len(zero)} have a zero-filled row")
+
+
+# --- --feature-shift: a random crop of cached activations ------------------------------------
+
+def test_shift_rows_moves_each_map_within_the_mirrored_border():
+    """Each map comes out as its own mirrored-border copy moved by -1, 0 or +1 cells in each
+    direction, chosen per row; 0 cells changes nothing; the same seed, the same shifts."""
+    import tensorflow as tf
+
+    from retrain.bottleneck import shift_rows
+
+    rows = np.random.default_rng(0).normal(size=(64, 5, 6, 3)).astype(np.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    out = shift_rows(tf.constant(rows), 1, seed).numpy()
+    padded = np.pad(rows, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="symmetric")
+    moves = []
+    for row, got in zip(padded, out):
+        found = [(dy, dx) for dy in range(3) for dx in range(3)
+                 if np.array_equal(row[dy:dy + 5, dx:dx + 6], got)]
+        assert found, "a shifted map is not a crop of its mirrored copy"
+        moves.append(found[0])
+    assert len(set(moves)) == 9  # 64 rows: every move occurs
+    np.testing.assert_array_equal(out, shift_rows(tf.constant(rows), 1, seed).numpy())
+    assert not np.array_equal(out, shift_rows(tf.constant(rows), 1, tf.constant([3, 5], tf.int64)).numpy())
+
+
+def test_shifted_batches_resume_mid_epoch_exactly():
+    """bottleneck.train_dataset with a shift: seeded by (seed, epoch, batch), so skipping the
+    first batches (a mid-epoch resume) gives the very rows the whole epoch gave; pooled
+    features (one dimension) are never shifted."""
+    from retrain.bottleneck import CachedSplit, train_dataset
+
+    maps = CachedSplit([np.random.default_rng(1).normal(size=(10, 4, 4, 2)).astype(np.float16)],
+                       np.arange(10) % 2, 2)
+    whole = [x for x, _ in train_dataset(maps, 4, 0, 0, 2, 0, shift=1).as_numpy_iterator()]
+    tail = [x for x, _ in train_dataset(maps, 4, 0, 1, 2, 1, shift=1).as_numpy_iterator()]
+    plain = [x for x, _ in train_dataset(maps, 4, 0, 0, 2, 0).as_numpy_iterator()]
+    assert len(whole) == 6 and len(tail) == 2
+    for a, b in zip(whole[4:], tail):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(whole, plain))
+    features = CachedSplit([np.ones((10, 8), np.float16)], np.arange(10) % 2, 2)
+    for x, _ in train_dataset(features, 4, 0, 0, 1, 0, shift=1).as_numpy_iterator():
+        np.testing.assert_array_equal(x, np.ones_like(x))
+
+
+def test_feature_shift_trains_phase_2_only_and_resumes_exactly(warm, tmp_path):
+    """--feature-shift 1 on the cached run: phase 1 (pooled features) trains exactly as
+    without it, phase 2 differently; and a run stopped after one fine-tuning epoch, then
+    resumed in a new fit call, ends with the uninterrupted run's history and weights."""
+    cache = copy_cache(warm, tmp_path)
+    runs = tmp_path / "runs"
+    fit_in_process(config(warm.data, runs, "shift", cache, fine_tune_epochs=2, feature_shift=1))
+    fit_in_process(config(warm.data, runs, "plain", cache, fine_tune_epochs=2))
+    for key in ("loss", "val_loss"):
+        np.testing.assert_array_equal(column(runs / "shift", key)[:2], column(runs / "plain", key)[:2])
+        assert not np.allclose(column(runs / "shift", key)[2:], column(runs / "plain", key)[2:])
+    fit_in_process(config(warm.data, runs, "stopped", cache, fine_tune_epochs=1, feature_shift=1))
+    result, stderr = fit_in_process(config(warm.data, runs, "stopped", cache, fine_tune_epochs=2,
+                                           feature_shift=1), resume=True)
+    assert result.features_computed == 0 and "phase 2, 3 epochs" in stderr
+    for key in ("loss", "val_loss", "accuracy"):
+        np.testing.assert_allclose(column(runs / "stopped", key), column(runs / "shift", key),
+                                   rtol=0, atol=1e-6, err_msg=key)
+    for a, b in zip(model_weights(runs / "stopped" / "model.keras"), model_weights(runs / "shift" / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

@@ -163,7 +163,8 @@ def test_a_run_made_before_the_schedule_existed_resumes_constant(tmp_path):
     create_run(tmp_path / "run", SAVED, ("a", "b"), {"image_size": 32})
     path = tmp_path / "run" / "config.json"
     old = json.loads(path.read_text())
-    del old["schedule"]
+    del old["schedule"], old["feature_shift"]
     path.write_text(json.dumps(old))
     assert read_run(tmp_path / "run")[0].schedule == "constant"
+    assert read_run(tmp_path / "run")[0].feature_shift == 0  # nor start shifting its activations
     assert FitConfig().schedule == "cosine"

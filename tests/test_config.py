@@ -50,6 +50,8 @@ def test_prepare_config_accepts_good_values():
     ({"image_size": 0}, "--image-size"),
     ({"dropout_rate": 1.0}, "--dropout-rate"),
     ({"label_smoothing": -0.1}, "--label-smoothing"),
+    ({"feature_shift": -1}, "--feature-shift"),
+    ({"feature_shift": 0.5}, "--feature-shift"),
     ({"validation_split": 0}, "--validation-split"),
     ({"validation_split": 1}, "--validation-split"),
     ({"class_weight": "balanced"}, "--class-weight"),
