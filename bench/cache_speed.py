@@ -145,7 +145,7 @@ def main() -> None:
         fit = [sys.executable, "-m", "retrain", "fit", "--data", str(data), "--backbone", args.backbone,
                "--weights", args.weights, "--image-size", str(args.image_size), "--freeze", "all",
                "--epochs", str(args.epochs), "--fine-tune-epochs", "0", "--batch-size", str(args.batch_size),
-               "--validation-split", "0.2", "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache")]
+               "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache")]
         if args.alpha is not None:
             fit += ["--alpha", str(args.alpha)]
         cold_wall, cold_rss = peak_rss_gib(fit + ["--name", "cold"])

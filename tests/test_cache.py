@@ -41,7 +41,7 @@ def config(data: Path, runs: Path, name: str, cache_root: Path, **overrides) -> 
     values = dict(data=str(data), backbone="tiny_cnn", weights="none", image_size=32, freeze=BOUNDARY,
                   epochs=2, fine_tune_epochs=1, batch_size=4, learning_rate=0.05,
                   fine_tune_learning_rate=0.01, schedule="constant", runs_dir=str(runs), name=name,
-                  cache_dir=str(cache_root))
+                  cache_dir=str(cache_root), label_smoothing=0.0, validation_split=0.2, feature_shift=0)
     values.update(overrides)
     return FitConfig(**values)
 
