@@ -126,14 +126,15 @@ def train_dataset(cached: CachedSplit, batch_size: int, seed: int, first_epoch: 
     shift = shift if len(cached.shape) == 3 else 0
     ds = None
     for epoch in range(first_epoch, end_epoch):
-        one = indices.shuffle(n, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
+        epoch_seed = seed * 100_003 + epoch  # orders the epoch's rows and seeds its shifts
+        one = indices.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=False)
         first_batch = skip_batches if epoch == first_epoch else 0
         if first_batch:
             one = one.skip(first_batch * batch_size)
         view = tf.constant(epoch % len(cached.views), dtype=tf.int64)
         one = one.batch(batch_size).enumerate(first_batch).map(
-            lambda batch, index, view=view, epoch=epoch: (view, index, tf.stack([
-                tf.constant(seed * 100_003 + epoch, tf.int64), batch])))
+            lambda batch, index, view=view, epoch_seed=epoch_seed: (
+                view, index, tf.stack([tf.constant(epoch_seed, tf.int64), batch])))
         ds = one if ds is None else ds.concatenate(one)
     gather = _gather(_source(cached.views), tf.constant(cached.labels), cached.num_classes, cached.shape)
 
