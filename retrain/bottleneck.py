@@ -60,6 +60,29 @@ def extract_fn(extractor, image_size: int, batch_size: int, training: bool):
     return run
 
 
+def from_rows_fn(model, files: tuple[str, ...], rows: np.ndarray, batch_size: int):
+    """files -> batches of `model`'s output on their rows of another cache (`rows[i]` belongs
+    to `files[i]`): the pooled features computed from the activations cached at the freeze
+    point, which costs the layers above it only, not another pass over the images. Padded
+    to one batch shape, as `extract_fn` is."""
+    where = {f: i for i, f in enumerate(files)}
+
+    @tf.function
+    def forward(x):
+        return model(x, training=False)
+
+    def run(wanted: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(wanted), batch_size):
+            positions = np.arange(start, min(start + batch_size, len(wanted)))
+            x = np.asarray(rows[[where[wanted[p]] for p in positions]], dtype=np.float32)
+            n = len(x)
+            if n < batch_size:
+                x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], np.float32)])
+            yield forward(x).numpy()[:n], positions
+
+    return run
+
+
 def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, hashes: list[str],
                 num_classes: int, extract, views: int = 1, set_view=None) -> tuple[CachedSplit, int]:
     """Make sure the rows of every image (and view) are cached; -> (rows, how many computed).

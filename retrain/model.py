@@ -198,11 +198,22 @@ def trainable_top(model: keras.Model, backbone: keras.Model, boundary: int | Non
         inputs = keras.Input(model.get_layer("features").output.shape[1:], name="features_in")
         x = inputs
     else:
-        upper = keras.Model(backbone.layers[boundary - 1].output, backbone.output, name="backbone_top")
-        inputs = keras.Input(backbone.layers[boundary - 1].output.shape[1:], name="boundary_in")
-        x = model.get_layer("features")(upper(inputs, training=False))
+        inputs, x = _features_above(model, backbone, boundary)
     x = model.get_layer("dropout")(x)
     return keras.Model(inputs, model.get_layer("predictions")(x), name="trainable_top")
+
+
+def features_from_boundary(model: keras.Model, backbone: keras.Model, boundary: int) -> keras.Model:
+    """Activations after backbone layer `boundary - 1` -> the pooled features, through the
+    backbone's layers above it in inference mode (ValueError as for `trainable_top`)."""
+    inputs, x = _features_above(model, backbone, boundary)
+    return keras.Model(inputs, x, name="features_from_boundary")
+
+
+def _features_above(model: keras.Model, backbone: keras.Model, boundary: int):
+    upper = keras.Model(backbone.layers[boundary - 1].output, backbone.output, name="backbone_top")
+    inputs = keras.Input(backbone.layers[boundary - 1].output.shape[1:], name="boundary_in")
+    return inputs, model.get_layer("features")(upper(inputs, training=False))
 
 
 def auto_freeze(spec: BackboneSpec, min_per_class: int) -> tuple[str, str]:

@@ -221,7 +221,7 @@ class _Trainer:
             self._fit(0, start, phase1_end, step)
         else:
             phase1_end = state["phase_start"]
-        if self.single_phase or self.freeze_layers >= self.backbone_layers or self.config.fine_tune_epochs == 0:
+        if not self._fine_tunes():
             return
         self._compile(2, self.freeze_layers, self.config.fine_tune_learning_rate)
         start, step = phase1_end, 0
@@ -293,34 +293,91 @@ class _Trainer:
             self.config.seed, first, end, skip, self.channels)
         self.val = eval_dataset(self.data.validation, self.data.num_classes, self.image_size,
                                 self.batch_size, self.channels)
+        plan = self._cache_plan(phase, frozen)
+        if isinstance(plan, str):
+            say(f"phase {phase}: reading images every epoch ({plan})")
+            return
+        from retrain import bottleneck
+
+        top, extractor = plan
+        # Phase 1 before a cached phase 2: cache the activations at the freeze point first and
+        # compute the pooled features from them (the layers above it only), rather than
+        # running the bottom of the network over every image twice.
+        bottom = self._cache_plan(2, self.freeze_layers) if phase == 1 and self._fine_tunes() \
+            and not self.config.augment else "no phase 2 on cached activations"
+        via = ""
+        if isinstance(bottom, str):
+            (train, val), computed = self._cache_rows(None if phase == 1 else frozen, extractor)
+        else:
+            from retrain.model import features_from_boundary
+
+            (train_b, val_b), computed_b = self._cache_rows(self.freeze_layers, bottom[1])
+            self.cache_computed += computed_b
+            say(f"phase 1: cached the activations at the freeze point for phase 2 "
+                f"{tuple(bottom[1].output.shape[1:])} ({len(train_b.labels) + len(val_b.labels) - computed_b:,} "
+                f"rows reused, {computed_b:,} computed)")
+            upper = features_from_boundary(self.model, self.backbone, self.freeze_layers)
+            extract = {name: bottleneck.from_rows_fn(upper, split.files, rows.views[0], EXTRACT_BATCH)
+                       for name, split, rows in (("train", self.data.train, train_b),
+                                                 ("validation", self.data.validation, val_b))}
+            (train, val), computed = self._cache_rows(None, None, via=self.freeze_layers, extract=extract)
+            via = f"; from the cached activations at {self.backbone.layers[self.freeze_layers - 1].name}"
+        total = len(train.labels) * len(train.views) + len(val.labels)
+        say(f"phase {phase}: training on cached {'features' if phase == 1 else 'activations'} "
+            f"{tuple(extractor.output.shape[1:])} ({total - computed:,} rows reused, "
+            f"{computed:,} computed, in {self.cache_root}{via})")
+        self.cache_computed += computed
+        self.trainee = top
+        self.train_data = lambda first, end, skip=0: bottleneck.train_dataset(
+            train, self.batch_size, self.config.seed, first, end, skip, self.config.feature_shift)
+        self.val = bottleneck.eval_dataset_cached(val, max(self.batch_size, CACHED_EVAL_BATCH))
+
+    def _fine_tunes(self) -> bool:
+        """Whether a phase 2 follows phase 1."""
+        return not self.single_phase and self.freeze_layers < self.backbone_layers \
+            and self.config.fine_tune_epochs > 0
+
+    def _cache_plan(self, phase: int, frozen: int):
+        """-> (the trainable top, the extractor of its cached inputs), or why phase `phase`
+        reads images instead."""
+        from retrain import bottleneck
+        from retrain.model import feature_extractor, trainable_top
+
         why_not = self._why_not_cached(phase, frozen)
         if why_not:
             unshifted = "; --feature-shift applies to cached activations only" \
                 if phase == 2 and self.config.feature_shift else ""
-            say(f"phase {phase}: reading images every epoch ({why_not}{unshifted})")
-            return
-        from retrain import bottleneck
-        from retrain.model import feature_extractor, trainable_top
-
+            return why_not + unshifted
         boundary = None if phase == 1 else frozen
         try:
             top = trainable_top(self.model, self.backbone, boundary)
         except ValueError:
-            say(f"phase {phase}: reading images every epoch (a skip connection crosses the freeze "
-                f"point, layer {frozen}; a named freeze point has none)")
-            return
+            return (f"a skip connection crosses the freeze point, layer {frozen}; "
+                    "a named freeze point has none")
         extractor = feature_extractor(self.model, self.backbone, boundary)
         views = self.config.cache_views if self.config.augment else 1
         size = bottleneck.boundary_bytes(extractor.output.shape[1:],
                                          len(self.data.train.files) * views + len(self.data.validation.files))
         if phase == 2 and size > parse_size(self.config.cache_budget):
-            say(f"phase 2: reading images every epoch (its cache would take {size / 2**30:.2f} GiB, "
-                f"over --cache-budget {self.config.cache_budget})")
-            return
+            return f"its cache would take {size / 2**30:.2f} GiB, over --cache-budget {self.config.cache_budget}"
+        return top, extractor
+
+    def _cache_rows(self, boundary: int | None, extractor, via: int | None = None, extract=None):
+        """-> ((train rows, validation rows), how many computed) for the pooled features
+        (boundary None) or the activations at `boundary`, from the extractor's pass over the
+        images, or (`via`) from `extract[split]` over the activations cached at `via`."""
+        from retrain import bottleneck
+
         # The boundary by position: layer names can carry a per-process counter (input_layer_3).
         key = self._cache_key("features" if boundary is None else f"layer {boundary}")
+        if via is not None:  # the rows differ from a direct pass by the float16 rounding at `via`
+            key["via"] = f"layer {via}"
         common = dict(num_classes=self.data.num_classes, folder_root=self.cache_root)
-        plain = bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=False)
+        views = self.config.cache_views if self.config.augment else 1
+        if extract is None:
+            plain = bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=False)
+            extract = {"train": bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=True)
+                       if self.config.augment else plain, "validation": plain}
         augmented = bool(self.config.augment)  # (with --cache-views K >= 1, or we would not be here)
         for name, split in (("train", self.data.train), ("validation", self.data.validation)):
             if name not in self._hashes:
@@ -328,20 +385,11 @@ class _Trainer:
         train, computed = bottleneck.cache_split(
             key={**key, "augment": list(self.config.augment), "seed": self.config.seed} if augmented else key,
             split_name="train", split=self.data.train, hashes=self._hashes["train"], views=views,
-            set_view=self._set_view if augmented else None,
-            extract=bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=True)
-            if augmented else plain, **common)
+            set_view=self._set_view if augmented else None, extract=extract["train"], **common)
         val, computed_val = bottleneck.cache_split(key=key, split_name="validation", split=self.data.validation,
-                                                   hashes=self._hashes["validation"], extract=plain, **common)
-        total = (len(self.data.train.files) * views + len(self.data.validation.files))
-        say(f"phase {phase}: training on cached {'features' if boundary is None else 'activations'} "
-            f"{tuple(extractor.output.shape[1:])} ({total - computed - computed_val:,} rows reused, "
-            f"{computed + computed_val:,} computed, in {self.cache_root})")
-        self.cache_computed += computed + computed_val
-        self.trainee = top
-        self.train_data = lambda first, end, skip=0: bottleneck.train_dataset(
-            train, self.batch_size, self.config.seed, first, end, skip, self.config.feature_shift)
-        self.val = bottleneck.eval_dataset_cached(val, max(self.batch_size, CACHED_EVAL_BATCH))
+                                                   hashes=self._hashes["validation"], extract=extract["validation"],
+                                                   **common)
+        return (train, val), computed + computed_val
 
     def _why_not_cached(self, phase: int, frozen: int) -> str:
         if not self.config.cache:

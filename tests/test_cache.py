@@ -2,8 +2,8 @@
 cached vs uncached training, the budget and augmented views, resume.
 
 tiny_cnn on 32 px toy colours: 4 training and 2 validation images per colour (12 + 6).
-`--freeze block1_out` makes phase 2 cache the 32x32x8 activations after block1_out, so a
-cold run computes 18 phase-1 feature rows and 18 phase-2 boundary rows. Each test that
+`--freeze block1_out` makes phase 2 train on the 32x32x8 activations after block1_out, so a
+cold run computes 18 boundary rows and, from them, 18 pooled feature rows, all in phase 1. Each test that
 trains copies the warm cache (or starts a fresh one) into its own tmp folder, so none
 depends on another's writes.
 """
@@ -63,6 +63,15 @@ def cache_line(stderr: str, phase: int) -> tuple[int, int]:
     """(rows reused, rows computed) from phase `phase`'s "training on cached ..." line."""
     found = re.findall(rf"phase {phase}: training on cached \w+ \([\d, ]+\) \(([\d,]+) rows reused, "
                        rf"([\d,]+) computed", stderr)
+    assert len(found) == 1, stderr
+    return tuple(int(x.replace(",", "")) for x in found[0])
+
+
+def boundary_line(stderr: str) -> tuple[int, int]:
+    """(rows reused, rows computed) of the activations phase 1 caches at the freeze point for
+    phase 2 (before computing its features from them)."""
+    found = re.findall(r"phase 1: cached the activations at the freeze point for phase 2 \([\d, ]+\) "
+                       r"\(([\d,]+) rows reused, ([\d,]+) computed", stderr)
     assert len(found) == 1, stderr
     return tuple(int(x.replace(",", "")) for x in found[0])
 
@@ -128,15 +137,19 @@ def warm(tmp_path_factory) -> Warm:
 # --- 1. hit and miss -------------------------------------------------------------------------
 
 def test_cold_run_computes_every_row(warm):
-    """A cold cache: every training and validation image's features (phase 1) and its
-    activations at the freeze point (phase 2) are computed once, into two key folders
-    each holding one pointer and one .npy per split, and no temporary file is left."""
+    """A cold cache: every training and validation image's activations at the freeze point
+    are computed once in phase 1, then its pooled features from them (saying so); phase 2
+    reuses the activations. Two key folders, the features' naming the activations they came
+    from, each holding one pointer and one .npy per split; no temporary file is left."""
     assert warm.result.features_computed == 2 * ROWS
+    assert boundary_line(warm.stderr) == (0, ROWS)
     assert cache_line(warm.stderr, 1) == (0, ROWS)
-    assert cache_line(warm.stderr, 2) == (0, ROWS)
+    assert f"from the cached activations at {BOUNDARY})" in warm.stderr
+    assert cache_line(warm.stderr, 2) == (ROWS, 0)
     assert "phase 2: training on cached activations (32, 32, 8)" in warm.stderr
     keys = key_folders(warm.cache)
     assert sorted(k["boundary"] for k in keys.values()) == ["features", BOUNDARY_KEY]
+    assert sorted(str(k.get("via")) for k in keys.values()) == ["None", BOUNDARY_KEY]
     for folder, key in keys.items():
         assert (key["backbone"], key["image_size"], key["weights"], key["seed"], key["view"]) == (
             "tiny_cnn", 32, "none", 0, None)
@@ -150,6 +163,24 @@ def test_cold_run_computes_every_row(warm):
     _, activations = split_rows(folder_for(warm.cache, boundary=BOUNDARY_KEY), "validation")
     assert activations.shape == (VAL, 32, 32, 8)
     assert leftovers(warm.cache) == []
+
+
+def test_features_from_activations_match_a_pass_over_the_images(warm, tmp_path):
+    """Without fine-tuning, phase 1 runs the whole backbone over the images (a key without
+    `via`, and no boundary rows). Those features and the warm run's, computed from its
+    float16 activations at block1_out, agree row by row within float16 rounding."""
+    cache = tmp_path / "cache"
+    result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "direct", cache, fine_tune_epochs=0))
+    assert "for phase 2" not in stderr and "from the cached activations" not in stderr
+    assert result.features_computed == ROWS
+    [(folder, key)] = key_folders(cache).items()
+    assert key["boundary"] == "features" and "via" not in key
+    for split in ("train", "validation"):
+        direct, routed = rows_by_hash(folder, split), rows_by_hash(folder_for(warm.cache, boundary="features"), split)
+        assert set(direct) == set(routed)
+        assert max(np.abs(row).max() for row in direct.values()) > 0.1
+        for h, row in direct.items():
+            np.testing.assert_allclose(routed[h], row, rtol=1e-2, atol=1e-3)
 
 
 def test_warm_run_computes_nothing_and_trains_the_same(warm, tmp_path):
@@ -180,7 +211,8 @@ def test_image_size_change_recomputes_everything(warm, tmp_path):
     old = {f: (f / "train.json").read_text() for f in key_folders(cache)}
     result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "px24", cache, image_size=24))
     assert result.features_computed == 2 * ROWS
-    assert cache_line(stderr, 1) == (0, ROWS) and cache_line(stderr, 2) == (0, ROWS)
+    assert cache_line(stderr, 1) == (0, ROWS) and boundary_line(stderr) == (0, ROWS)
+    assert cache_line(stderr, 2) == (ROWS, 0)
     assert "cached activations (24, 24, 8)" in stderr
     assert {f: (f / "train.json").read_text() for f in old} == old
     new = [k for k in key_folders(cache).values() if k["image_size"] == 24]
@@ -188,13 +220,18 @@ def test_image_size_change_recomputes_everything(warm, tmp_path):
 
 
 def test_freeze_point_change_recomputes_only_the_boundary(warm, tmp_path):
-    """--freeze block2_out: phase 1's pooled features do not depend on the freeze point and
-    are all reused; phase 2's activations at block2_out are all computed."""
+    """--freeze block2_out: the activations at block2_out are all computed, and phase 1's
+    pooled features again from them (under a key naming block2_out: they differ from those
+    via block1_out by float16 rounding); the block1_out rows are left as they were."""
     cache = copy_cache(warm, tmp_path)
+    before = (folder_for(cache, boundary=BOUNDARY_KEY) / "train.json").read_text()
     result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "b2", cache, freeze="block2_out"))
-    assert result.features_computed == ROWS
-    assert cache_line(stderr, 1) == (ROWS, 0)
-    assert cache_line(stderr, 2) == (0, ROWS)
+    assert result.features_computed == 2 * ROWS
+    assert boundary_line(stderr) == (0, ROWS)
+    assert cache_line(stderr, 1) == (0, ROWS)
+    assert cache_line(stderr, 2) == (ROWS, 0)
+    assert folder_for(cache, boundary="features", via=BLOCK2_KEY)
+    assert (folder_for(cache, boundary=BOUNDARY_KEY) / "train.json").read_text() == before
     assert "cached activations (16, 16, 16)" in stderr
     _, rows = split_rows(folder_for(cache, boundary=BLOCK2_KEY), "train")
     assert rows.shape == (TRAIN, 16, 16, 16)
@@ -264,8 +301,9 @@ def test_changed_image_recomputes_only_its_rows(warm, tmp_path, side):
     cache = copy_cache(warm, tmp_path)
     result, stderr = fit_in_process(config(data, tmp_path / "runs", "changed", cache))
     assert result.features_computed == 2
+    assert boundary_line(stderr) == (ROWS - 1, 1)
     assert cache_line(stderr, 1) == (ROWS - 1, 1)
-    assert cache_line(stderr, 2) == (ROWS - 1, 1)
+    assert cache_line(stderr, 2) == (ROWS, 0)
     other = "validation" if side == "train" else "train"
     for boundary in ("features", BOUNDARY_KEY):
         before = folder_for(warm.cache, boundary=boundary)
@@ -289,8 +327,9 @@ def test_added_image_computes_one_row_per_stage(warm, tmp_path):
     cache = copy_cache(warm, tmp_path)
     result, stderr = fit_in_process(config(data, tmp_path / "runs", "added", cache))
     assert result.features_computed == 2
+    assert boundary_line(stderr) == (ROWS, 1)
     assert cache_line(stderr, 1) == (ROWS, 1)
-    assert cache_line(stderr, 2) == (ROWS, 1)
+    assert cache_line(stderr, 2) == (ROWS + 1, 0)
     hashes, rows = split_rows(folder_for(cache, boundary="features"), "train")
     assert len(hashes) == len(rows) == TRAIN + 1
 
@@ -479,13 +518,15 @@ def test_cache_budget_zero_reads_images_in_phase_2(warm, tmp_path):
 @pytest.mark.parametrize("budget, cached", [("288K", True), ("287K", False)])
 def test_cache_budget_boundary(warm, tmp_path, budget, cached):
     """The phase-2 activations take 32*32*8 values * 2 bytes * 18 images = 288 KiB: a budget
-    of exactly that caches them, one KiB less does not."""
+    of exactly that caches them (and phase 1's features come from them, all reused), one KiB
+    less does not: then phase 1 computes its features by a pass over the images."""
     cache = copy_cache(warm, tmp_path)
     result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "b", cache, epochs=1,
                                            cache_budget=budget))
     assert ("phase 2: training on cached activations" in stderr) == cached, stderr
     assert ("over --cache-budget" in stderr) == (not cached), stderr
-    assert result.features_computed == 0
+    assert ("from the cached activations at" in stderr) == cached, stderr
+    assert result.features_computed == (0 if cached else ROWS)
 
 
 def test_augment_without_views_reads_images(warm, tmp_path):
@@ -552,8 +593,11 @@ def test_one_augmented_view_is_augmented(warm, tmp_path):
     """--augment flip --cache-views 1 (`--cache-views` help: "cache K augmented views per
     image"): the one cached training view is augmented, so it is not the plain rows of a
     run without --augment: the 12 training rows are computed (validation rows are reused)
-    under a key that names the augmentation."""
-    cache = copy_cache(warm, tmp_path)
+    under a key that names the augmentation. (Both runs without fine-tuning: the warm run's
+    features came from its cached activations, under another key.)"""
+    cache = tmp_path / "cache"
+    plain, _ = fit_in_process(config(warm.data, tmp_path / "runs", "plain", cache, fine_tune_epochs=0))
+    assert plain.features_computed == ROWS
     result, stderr = fit_in_process(config(warm.data, tmp_path / "runs", "view1", cache,
                                            augment=("flip",), cache_views=1, fine_tune_epochs=0))
     assert any(k.get("augment") == ["flip"] for k in key_folders(cache).values()), \
