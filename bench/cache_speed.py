@@ -3,6 +3,9 @@
 Prints, for one backbone and image size, on the same CIFAR-10 JPEGs, all in one run:
   1. raw forward throughput of the backbone on pre-decoded tensors (img/s): the floor;
   2. feature extraction through retrain's real pipeline (files -> features) and its ratio to 1;
+  2b. phase 1 and 2's extraction when fine-tuning above --freeze-point: the whole backbone
+     plus its bottom over the files, against the bottom over the files plus the layers above
+     the freeze point over its cached activations (what fit does);
   3. `retrain fit --freeze all` (phase 1 only, --epochs E) with a cold cache, as a whole
      command, over a "floor process" (import TensorFlow, load the backbone, one forward pass
      over the same files); the same with the cache warm;
@@ -11,6 +14,7 @@ Prints, for one backbone and image size, on the same CIFAR-10 JPEGs, all in one 
 
 usage: python bench/cache_speed.py [--images-per-class 200] [--image-size 96] [--epochs 10]
            [--backbone mobilenet_v2 --alpha 0.35 --weights PATH|none] [--jpeg-root DIR]
+           [--freeze-point block_5_add] [--only-extraction] [--skip-no-cache]
 Defaults use ../shared: the CIFAR-10 JPEGs (extracted to a temporary folder) and the
 MobileNetV2 0.35 ImageNet weights. Machines are noisy: compare figures from one run only.
 """
@@ -97,6 +101,40 @@ def raw_and_pipeline(data_dir: Path, args) -> tuple[float, float]:
     return raw, piped
 
 
+def route_seconds(data_dir: Path, args) -> tuple[float, float, float]:
+    """In this process: seconds for (the whole backbone over the files, its bottom up to
+    --freeze-point over them, the layers above it over those cached float16 activations):
+    phase 1 + 2 extraction costs a + b without the route through the freeze point, b + c with it."""
+    import numpy as np
+    import tensorflow as tf
+
+    from retrain.backbones import get_spec
+    from retrain.bottleneck import extract_fn, from_rows_fn
+    from retrain.data import load_folders
+    from retrain.model import build_backbone, build_classifier, feature_extractor, features_from_boundary
+
+    spec = get_spec(args.backbone)
+    data = load_folders(data_dir, 0.2)
+    backbone = build_backbone(spec, args.image_size, args.alpha, args.weights)
+    model = build_classifier(spec, backbone, data.num_classes, args.image_size, 0.2, (), 0)
+    boundary = [layer.name for layer in backbone.layers].index(args.freeze_point) + 1
+    files = tuple(data.train.files) + tuple(data.validation.files)
+    seconds, rows = [], None
+    for extractor in (feature_extractor(model, backbone, None), feature_extractor(model, backbone, boundary)):
+        run = extract_fn(extractor, args.image_size, 128, training=False)
+        list(run(list(files[:128])))  # trace
+        start = time.perf_counter()
+        out = [batch.astype(np.float16) for batch, _ in run(list(files))]
+        seconds.append(time.perf_counter() - start)
+    rows = np.concatenate(out)
+    upper = from_rows_fn(features_from_boundary(model, backbone, boundary), files, rows, 128)
+    list(upper(list(files[:128])))  # trace
+    start = time.perf_counter()
+    sum(len(batch) for batch, _ in upper(list(files)))
+    seconds.append(time.perf_counter() - start)
+    return tuple(seconds)
+
+
 def warm_fit_seconds(data_dir: Path, tmp: Path, args) -> float:
     """In this process (TensorFlow already imported): one warm-cache `fit` call, seconds."""
     from retrain.config import FitConfig
@@ -124,6 +162,9 @@ def main() -> None:
     parser.add_argument("--jpeg-root", type=Path, default=None,
                         help="an extracted cifar10/ folder (train/<class>/*.jpg)")
     parser.add_argument("--skip-no-cache", action="store_true", help="skip measurement 4 (slow)")
+    parser.add_argument("--freeze-point", default="block_5_add",
+                        help="for 2b: where phase 2's cached activations are taken (fit's --freeze auto on CIFAR-10)")
+    parser.add_argument("--only-extraction", action="store_true", help="measurements 1, 2 and 2b only")
     args = parser.parse_args()
     if args.alpha <= 0:
         args.alpha = None
@@ -138,6 +179,13 @@ def main() -> None:
         raw, piped = raw_and_pipeline(data, args)
         print(f"1. raw forward on pre-decoded tensors:   {raw:8.0f} img/s")
         print(f"2. files -> features through pipeline:   {piped:8.0f} img/s  ratio {piped / raw:.2f} (target >= 0.9)")
+        full, bottom, upper = route_seconds(data, args)
+        print(f"2b. phase 1 + 2 extraction, fine-tuning above {args.freeze_point}: whole backbone over the files "
+              f"{full:.1f} s + bottom over the files {bottom:.1f} s = {full + bottom:.1f} s; through the freeze "
+              f"point: bottom {bottom:.1f} s + layers above on its cached rows {upper:.1f} s = {bottom + upper:.1f} s "
+              f"(ratio {(bottom + upper) / (full + bottom):.2f})")
+        if args.only_extraction:
+            return
 
         alpha = "none" if args.alpha is None else str(args.alpha)
         floor_wall, floor_rss = peak_rss_gib([sys.executable, "-c", FLOOR, str(data), args.backbone, alpha,
