@@ -119,14 +119,14 @@ def route_seconds(data_dir: Path, args) -> tuple[float, float, float]:
     model = build_classifier(spec, backbone, data.num_classes, args.image_size, 0.2, (), 0)
     boundary = [layer.name for layer in backbone.layers].index(args.freeze_point) + 1
     files = tuple(data.train.files) + tuple(data.validation.files)
-    seconds, rows = [], None
+    seconds = []
     for extractor in (feature_extractor(model, backbone, None), feature_extractor(model, backbone, boundary)):
         run = extract_fn(extractor, args.image_size, 128, training=False)
         list(run(list(files[:128])))  # trace
         start = time.perf_counter()
-        out = [batch.astype(np.float16) for batch, _ in run(list(files))]
+        batches = [batch.astype(np.float16) for batch, _ in run(list(files))]
         seconds.append(time.perf_counter() - start)
-    rows = np.concatenate(out)
+    rows = np.concatenate(batches)  # the bottom's activations: the last extractor's
     upper = from_rows_fn(features_from_boundary(model, backbone, boundary), files, rows, 128)
     list(upper(list(files[:128])))  # trace
     start = time.perf_counter()

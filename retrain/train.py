@@ -303,24 +303,23 @@ class _Trainer:
         # Phase 1 before a cached phase 2: cache the activations at the freeze point first and
         # compute the pooled features from them (the layers above it only), rather than
         # running the bottom of the network over every image twice.
-        bottom = self._cache_plan(2, self.freeze_layers) if phase == 1 and self._fine_tunes() \
-            and not self.config.augment else "no phase 2 on cached activations"
+        bottom = self._phase2_extractor() if phase == 1 else None
         via = ""
-        if isinstance(bottom, str):
-            (train, val), computed = self._cache_rows(None if phase == 1 else frozen, extractor)
+        if bottom is None:
+            (train, val), computed = self._cache_rows(None if phase == 1 else frozen, self._from_images(extractor))
         else:
             from retrain.model import features_from_boundary
 
-            (train_b, val_b), computed_b = self._cache_rows(self.freeze_layers, bottom[1])
+            (train_b, val_b), computed_b = self._cache_rows(self.freeze_layers, self._from_images(bottom))
             self.cache_computed += computed_b
             say(f"phase 1: cached the activations at the freeze point for phase 2 "
-                f"{tuple(bottom[1].output.shape[1:])} ({len(train_b.labels) + len(val_b.labels) - computed_b:,} "
+                f"{tuple(bottom.output.shape[1:])} ({len(train_b.labels) + len(val_b.labels) - computed_b:,} "
                 f"rows reused, {computed_b:,} computed)")
             upper = features_from_boundary(self.model, self.backbone, self.freeze_layers)
             extract = {name: bottleneck.from_rows_fn(upper, split.files, rows.views[0], EXTRACT_BATCH)
                        for name, split, rows in (("train", self.data.train, train_b),
                                                  ("validation", self.data.validation, val_b))}
-            (train, val), computed = self._cache_rows(None, None, via=self.freeze_layers, extract=extract)
+            (train, val), computed = self._cache_rows(None, extract, via=self.freeze_layers)
             via = f"; from the cached activations at {self.backbone.layers[self.freeze_layers - 1].name}"
         total = len(train.labels) * len(train.views) + len(val.labels)
         say(f"phase {phase}: training on cached {'features' if phase == 1 else 'activations'} "
@@ -336,6 +335,14 @@ class _Trainer:
         """Whether a phase 2 follows phase 1."""
         return not self.single_phase and self.freeze_layers < self.backbone_layers \
             and self.config.fine_tune_epochs > 0
+
+    def _phase2_extractor(self):
+        """The extractor of phase 2's cached activations when phase 2 will train on them from
+        the same, unaugmented images; else None."""
+        if not self._fine_tunes() or self.config.augment:
+            return None
+        plan = self._cache_plan(2, self.freeze_layers)
+        return None if isinstance(plan, str) else plan[1]
 
     def _cache_plan(self, phase: int, frozen: int):
         """-> (the trainable top, the extractor of its cached inputs), or why phase `phase`
@@ -362,10 +369,19 @@ class _Trainer:
             return f"its cache would take {size / 2**30:.2f} GiB, over --cache-budget {self.config.cache_budget}"
         return top, extractor
 
-    def _cache_rows(self, boundary: int | None, extractor, via: int | None = None, extract=None):
+    def _from_images(self, extractor) -> dict:
+        """split name -> the extractor's pass over that split's images (training mode for
+        augmented training views, so the augmentations are active)."""
+        from retrain import bottleneck
+
+        plain = bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=False)
+        return {"train": bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=True)
+                if self.config.augment else plain, "validation": plain}
+
+    def _cache_rows(self, boundary: int | None, extract: dict, via: int | None = None):
         """-> ((train rows, validation rows), how many computed) for the pooled features
-        (boundary None) or the activations at `boundary`, from the extractor's pass over the
-        images, or (`via`) from `extract[split]` over the activations cached at `via`."""
+        (boundary None) or the activations at `boundary`, computed by `extract[split]`: from
+        the images, or (`via`) from the activations cached at layer `via`."""
         from retrain import bottleneck
 
         # The boundary by position: layer names can carry a per-process counter (input_layer_3).
@@ -374,10 +390,6 @@ class _Trainer:
             key["via"] = f"layer {via}"
         common = dict(num_classes=self.data.num_classes, folder_root=self.cache_root)
         views = self.config.cache_views if self.config.augment else 1
-        if extract is None:
-            plain = bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=False)
-            extract = {"train": bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=True)
-                       if self.config.augment else plain, "validation": plain}
         augmented = bool(self.config.augment)  # (with --cache-views K >= 1, or we would not be here)
         for name, split in (("train", self.data.train), ("validation", self.data.validation)):
             if name not in self._hashes:
