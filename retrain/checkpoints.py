@@ -39,6 +39,11 @@ def create_run(path: Path, config: FitConfig, class_names: tuple[str, ...], fact
     atomic_write(path / "run.json", json.dumps(facts, indent=2))
 
 
+def record_facts(path: Path, facts: dict) -> None:
+    """Add decisions made during the run (--time-budget's plan) to its run.json."""
+    atomic_write(path / "run.json", json.dumps({**json.loads((path / "run.json").read_text()), **facts}, indent=2))
+
+
 SETTINGS_BEFORE_THEY_EXISTED = {"schedule": "constant", "distribute": "none", "feature_shift": 0}
 
 

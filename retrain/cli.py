@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import os
 import sys
+import time
 from types import SimpleNamespace
 from typing import Callable, Optional, TypeVar
 
@@ -204,8 +205,13 @@ def fit(
     distribute: Distribute = typer.Option(_F.distribute, case_sensitive=False, help="none; mirrored "
                                           "(every local GPU, or the CPU); multi-worker (the cluster in "
                                           "TF_CONFIG; see `retrain launch`). --batch-size is per replica."),
+    time_budget: Optional[str] = typer.Option(None, help="End the command within this time, e.g. 10m, "
+                                              "90s, 1.5h: phase 2 runs as many of its epochs (at most "
+                                              "--fine-tune-epochs) as fit in what phase 1 left, from a "
+                                              "few timed steps; run.json keeps the plan for --resume."),
 ):
     """Train a classifier: a new head on a pretrained backbone, then fine-tuning."""
+    started = time.monotonic()  # --time-budget counts from here
     given = {p for p in ctx.params
              if ctx.get_parameter_source(p) is not None and ctx.get_parameter_source(p).name != "DEFAULT"}
     values = dict(data=data, backbone=backbone, alpha=alpha, weights=weights, image_size=image_size,
@@ -217,14 +223,14 @@ def fit(
                   class_weight=class_weight.value, seed=seed, runs_dir=runs_dir, name=name,
                   keep_checkpoints=keep_checkpoints, save_every_steps=save_every_steps, init_from=init_from,
                   cache=cache, cache_dir=cache_dir, cache_budget=cache_budget, cache_views=cache_views,
-                  feature_shift=feature_shift, distribute=distribute.value)
+                  feature_shift=feature_shift, distribute=distribute.value, time_budget=time_budget)
     if resume is not None:
         config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
     else:
         config = run(lambda: FitConfig(**values))
     from retrain.train import fit as job
 
-    run(lambda: job(config, resume=resume is not None))
+    run(lambda: job(config, resume=resume is not None, started=started))
 
 
 def _resumed_config(folder: Path, overrides: dict) -> FitConfig:

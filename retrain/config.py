@@ -204,6 +204,7 @@ class FitConfig(_JsonMixin):
     feature_shift: int = 1  # phase 2 on cached activations: shift each map by up to N cells
     deterministic: bool = True  # op determinism: same seed, same result (exact resume)
     distribute: str = "none"  # none | mirrored | multi-worker (see retrain/distribute.py)
+    time_budget: str | None = None  # e.g. 10m: plan phase 2's epochs to end within it (retrain/budget.py)
 
     def __post_init__(self):
         for name in ("epochs", "fine_tune_epochs"):
@@ -233,6 +234,11 @@ class FitConfig(_JsonMixin):
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
         parse_size(self.cache_budget)
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+            if self.distribute == "multi-worker":  # each worker would time its own steps and plan apart
+                raise ConfigError("--time-budget cannot plan for several workers", self.time_budget,
+                                  "drop it and pass --fine-tune-epochs with --distribute multi-worker")
         if not isinstance(self.cache_views, int) or self.cache_views < 0:
             raise ConfigError("--cache-views must be 0 or more", self.cache_views,
                               "pass the number of augmented views to cache per image")
@@ -300,6 +306,23 @@ def parse_size(text: str) -> int:
     if size < 0:
         raise ConfigError("--cache-budget cannot be negative", text, "pass 0 or more")
     return int(size)
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h', '600' (seconds) -> seconds, above 0."""
+    value = str(text).strip().lower()
+    unit = value[-1:] if value[-1:] in _SECONDS else "s"
+    try:
+        seconds = float(value.removesuffix(unit) if value[-1:] in _SECONDS else value) * _SECONDS[unit]
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError("--time-budget must be a duration such as 10m, 90s or 1.5h", text,
+                          "pass a number above 0 with an optional s, m or h")
+    return seconds
 
 
 def parse_list(text: str | None) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from retrain import checkpoints as ckpts
 from retrain import distribute
 from retrain.backbones import check_alpha, check_image_size, check_weights, get_spec
 from retrain.cache import default_cache_dir
-from retrain.config import FitConfig, default_run_name, parse_size
+from retrain.config import FitConfig, default_run_name, parse_duration, parse_size
 from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, image_channels,
                           load_folders, steps_per_epoch, train_dataset)
 from retrain.errors import BackboneError
@@ -51,8 +52,10 @@ class FitResult:
     features_computed: int  # bottleneck rows this call computed (0 when all came from the cache)
 
 
-def fit(config: FitConfig, resume: bool = False) -> FitResult:
-    """Train (or, with resume, continue) the run `config.runs_dir/config.name`."""
+def fit(config: FitConfig, resume: bool = False, started: float | None = None) -> FitResult:
+    """Train (or, with resume, continue) the run `config.runs_dir/config.name`. `started`:
+    the `time.monotonic()` that --time-budget counts from (default: now)."""
+    started = time.monotonic() if started is None else started
     if config.name is None:
         config = dataclasses.replace(config, name=default_run_name(config.backbone))
     run = Path(config.runs_dir) / config.name
@@ -92,7 +95,7 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
     out = distribute.output_folder(dist, run)
     try:
         trainer = _train(config, resume, run, out, dist, spec, alpha, image_size, channels, data,
-                         facts if resume else {}, cache_root, index)
+                         facts if resume else {}, cache_root, index, started)
         tmp = out / ".model.tmp.keras"
         trainer.model.save(tmp)  # on every worker: saving may take part in collective ops
         os.replace(tmp, out / "model.keras")
@@ -112,7 +115,8 @@ def fit(config: FitConfig, resume: bool = False) -> FitResult:
 
 
 def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, alpha, image_size: int,
-           channels: int, data: ImageFolders, facts: dict, cache_root: Path, index: FileIndex) -> "_Trainer":
+           channels: int, data: ImageFolders, facts: dict, cache_root: Path, index: FileIndex,
+           started: float) -> "_Trainer":
     """Build the model in the strategy's scope and train it; -> the trainer, done."""
     import keras
     import tensorflow as tf
@@ -148,7 +152,7 @@ def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, al
         # A network trained from scratch has no features worth a head-only phase.
         single_phase = spec.from_scratch and facts["freeze_layers"] == 0
         trainer = _Trainer(config, out, model, backbone, data, image_size, facts["freeze_layers"],
-                           cache_root, index, single_phase, dist)
+                           cache_root, index, single_phase, dist, started, facts.get(PLANNED))
         # Every worker resumes from the chief's run folder (shared storage across hosts).
         trainer.run(ckpts.latest(run / "ckpt") if resume else None)
     return trainer
@@ -168,12 +172,17 @@ def _init_weights(model, source: Path) -> None:
     say(f"initialised from {prefix}")
 
 
+# run.json's record of --time-budget's plan: phase 2's epochs, fixed once phase 2 begins.
+PLANNED = "fine_tune_epochs_planned"
+
+
 class _Trainer:
     """The two phases and their checkpoints, resumable from any epoch or step."""
 
     def __init__(self, config: FitConfig, run: Path, model, backbone, data: ImageFolders,
                  image_size: int, freeze_layers: int, cache_root: Path, index: FileIndex,
-                 single_phase: bool = False, dist: distribute.Distribution | None = None):
+                 single_phase: bool = False, dist: distribute.Distribution | None = None,
+                 started: float | None = None, planned: int | None = None):
         import tensorflow as tf
 
         self.config, self.run_dir, self.model, self.backbone = config, run, model, backbone
@@ -196,6 +205,10 @@ class _Trainer:
         # Dropout's and the augmentations' random state: not in model.weights, so saved here.
         self.seed_vars = [v for v in model.variables if "seed_generator_state" in v.path]
         self.epochs_done = 0
+        self.started = time.monotonic() if started is None else started
+        # Phase 2's epochs: --fine-tune-epochs, or what --time-budget planned (run.json).
+        self.fine_tune_epochs = config.fine_tune_epochs if planned is None else planned
+        self.planned = planned
 
     def run(self, prefix: str | None) -> None:
         # Resume decision order:
@@ -206,6 +219,9 @@ class _Trainer:
         #    recompile with a fresh optimizer), then restore it. Restoring a phase-1 optimizer
         #    into phase 2 would bring back phase 1's learning rate and step count.
         state = ckpts.read_state(prefix) if prefix else None
+        if self.config.time_budget is not None and not self._fine_tunes():
+            say(f"--time-budget {self.config.time_budget}: no fine-tuning follows, nothing to plan; "
+                f"phase 1's {self.config.epochs} epochs run as given")
         if state:
             say(f"resuming {self.run_dir} from {Path(prefix).name}: phase {state['phase']}, "
                 f"{state['epoch']} epochs and {state['step']} steps done")
@@ -228,7 +244,7 @@ class _Trainer:
         if state and state["phase"] == 2:
             self.checkpoint.restore(prefix).assert_existing_objects_matched()
             start, step = state["epoch"], state["step"]
-        self._fit(phase1_end, start, phase1_end + self.config.fine_tune_epochs, step)
+        self._fit(phase1_end, start, phase1_end + self.fine_tune_epochs, step)
 
     @property
     def backbone_layers(self) -> int:
@@ -242,6 +258,8 @@ class _Trainer:
 
         set_frozen(self.backbone, frozen)
         self._choose_inputs(phase, frozen)
+        if phase == 2 and self.config.time_budget is not None:
+            self._plan_fine_tuning(learning_rate)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
         if self.data.num_classes > 5:
             metrics.append(keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy"))
@@ -254,8 +272,7 @@ class _Trainer:
         if self.trainee is not self.model and not self.config.save_every_steps:
             per_call = distribute.steps_per_execution(self.dist, self.steps)
         self.trainee.compile(optimizer=keras.optimizers.Adam(self._schedule(phase, learning_rate)),
-                             loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing),
-                             metrics=metrics, steps_per_execution=per_call)
+                             loss=self._loss(), metrics=metrics, steps_per_execution=per_call)
         distribute.prepare_model(self.trainee, self.dist)
         self.trainee.optimizer.build(self.trainee.trainable_variables)  # so a restore fills it now
         self.state["phase"].assign(phase)
@@ -269,6 +286,30 @@ class _Trainer:
         say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:g}"
             + (" (cosine: warm-up, then decay to 0)" if self.config.schedule == "cosine" else ""))
 
+    def _loss(self):
+        import keras
+
+        return keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
+
+    def _plan_fine_tuning(self, learning_rate: float) -> None:
+        """Set phase 2's epochs from --time-budget: the plan run.json holds, else a new one
+        from a few timed steps (retrain/budget.py), recorded before phase 2's first epoch."""
+        if self.planned is not None:
+            say(f"phase 2: {self.planned} fine-tuning epochs, as --time-budget planned when the run "
+                f"began phase 2 ({self.run_dir / 'run.json'})")
+            return
+        import keras
+
+        from retrain import budget
+
+        cost = budget.measure(self.trainee, self.model, keras.optimizers.Adam(learning_rate), self._loss(),
+                              self.train_data(0, 1), self.val, self.steps, len(self.data.validation.files))
+        left = parse_duration(self.config.time_budget) - (time.monotonic() - self.started)
+        self.planned = self.fine_tune_epochs = budget.plan_epochs(left, cost, self.config.fine_tune_epochs)
+        line = budget.describe(self.config.time_budget, left, cost, self.planned, self.config.fine_tune_epochs)
+        ckpts.record_facts(self.run_dir, {PLANNED: self.planned, "time_budget_plan": line})
+        say(f"phase 2: {line}")
+
     def _schedule(self, phase: int, learning_rate: float):
         """The phase's learning rate: constant, or (cosine) a linear warm-up over its first
         epoch (at most a tenth of its steps) then a cosine decay to 0 at its last step. A
@@ -277,7 +318,7 @@ class _Trainer:
 
         if self.config.schedule == "constant":
             return learning_rate
-        total = (self.config.epochs if phase == 1 else self.config.fine_tune_epochs) * self.steps
+        total = (self.config.epochs if phase == 1 else self.fine_tune_epochs) * self.steps
         warmup = min(self.steps, total // 10)
         return keras.optimizers.schedules.CosineDecay(
             0.0 if warmup else learning_rate, decay_steps=max(1, total - warmup),
