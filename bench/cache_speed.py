@@ -10,11 +10,12 @@ Prints, for one backbone and image size, on the same CIFAR-10 JPEGs, all in one 
      command, over a "floor process" (import TensorFlow, load the backbone, one forward pass
      over the same files); the same with the cache warm;
   4. the same E epochs with --no-cache (a forward pass every epoch) and its ratio to 3;
-  5. peak RSS of 3 and the floor process's (the model's share).
+  5. peak RSS of 3 and the floor process's (the model's share);
+  and the cold run's accuracy on the first --test-per-class test images of each class.
 
 usage: python bench/cache_speed.py [--images-per-class 200] [--image-size 96] [--epochs 10]
            [--backbone mobilenet_v2 --alpha 0.35 --weights PATH|none] [--jpeg-root DIR]
-           [--freeze-point block_5_add] [--only-extraction] [--skip-no-cache]
+           [--freeze-point block_5_add] [--only-extraction] [--skip-no-cache] [--skip-route]
 Defaults use ../shared: the CIFAR-10 JPEGs (extracted to a temporary folder) and the
 MobileNetV2 0.35 ImageNet weights. Machines are noisy: compare figures from one run only.
 """
@@ -29,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import WEIGHTS, cifar_jpegs, subset
+from common import WEIGHTS, cifar_jpegs, folder_accuracy, subset
+
+RAW_SAMPLE = 4096  # images decoded and held for measurement 1 (64 batches of 64)
 
 FLOOR = """
 import sys, time, os
@@ -68,13 +71,18 @@ def peak_rss_gib(cmd: list[str]) -> tuple[float, float]:
     return float(wall), int(kib) / 2 ** 20
 
 
-def raw_and_pipeline(data_dir: Path, args) -> tuple[float, float]:
-    """In this process: forward img/s on pre-decoded tensors, and files -> features img/s."""
+def raw_and_pipeline(data_dir: Path, args) -> tuple[float, float, float, float]:
+    """In this process: forward img/s on pre-decoded tensors (the first RAW_SAMPLE files,
+    decoded once and held), measured before and after one pass of files -> features over
+    every file, as fit runs it (one dataset: tf.data's autotuning needs a long run to settle).
+    -> (raw img/s, pipeline img/s, raw img/s before, after); raw is the mean of the two, so
+    a drift in the machine's speed during the pipeline's pass is shared."""
+    import numpy as np
     import tensorflow as tf
 
     from retrain.backbones import get_spec
     from retrain.bottleneck import extract_fn
-    from retrain.data import eval_dataset, load_folders
+    from retrain.data import Split, eval_dataset, load_folders
     from retrain.model import build_backbone, build_classifier, feature_extractor
 
     spec = get_spec(args.backbone)
@@ -88,17 +96,25 @@ def raw_and_pipeline(data_dir: Path, args) -> tuple[float, float]:
     def forward(x):
         return extractor(x, training=False)
 
-    batches = [x for x, _ in eval_dataset(data.train, data.num_classes, args.image_size, args.batch_size)]
-    forward(batches[0])  # trace
-    start = time.perf_counter()
-    n = sum(int(forward(x).shape[0]) for x in batches)
-    raw = n / (time.perf_counter() - start)
+    sample = files[:RAW_SAMPLE]
+    batches = [x for x, _ in eval_dataset(Split(tuple(sample), np.arange(len(sample))), None,
+                                          args.image_size, args.batch_size)]
+
+    def raw_seconds() -> float:
+        start = time.perf_counter()
+        for x in batches:
+            forward(x).numpy()
+        return time.perf_counter() - start
+
     run = extract_fn(extractor, args.image_size, args.batch_size, training=False)
     list(run(files[: args.batch_size]))  # trace
+    forward(batches[0]).numpy()
+    before = raw_seconds()
     start = time.perf_counter()
     n = sum(len(rows) for rows, _ in run(files))
     piped = n / (time.perf_counter() - start)
-    return raw, piped
+    after = raw_seconds()
+    return 2 * len(sample) / (before + after), piped, len(sample) / before, len(sample) / after
 
 
 def route_seconds(data_dir: Path, args) -> tuple[float, float, float]:
@@ -165,6 +181,9 @@ def main() -> None:
     parser.add_argument("--freeze-point", default="block_5_add",
                         help="for 2b: where phase 2's cached activations are taken (fit's --freeze auto on CIFAR-10)")
     parser.add_argument("--only-extraction", action="store_true", help="measurements 1, 2 and 2b only")
+    parser.add_argument("--skip-route", action="store_true", help="skip measurement 2b")
+    parser.add_argument("--test-per-class", type=int, default=100,
+                        help="the cold run's accuracy on the first N test images of each class (0: skip)")
     args = parser.parse_args()
     if args.alpha <= 0:
         args.alpha = None
@@ -176,14 +195,15 @@ def main() -> None:
         print(f"{args.backbone} alpha {args.alpha} at {args.image_size} px, batch {args.batch_size}, "
               f"{n:,} CIFAR-10 JPEGs, {args.epochs} head epochs, {os.cpu_count()} cores")
 
-        raw, piped = raw_and_pipeline(data, args)
-        print(f"1. raw forward on pre-decoded tensors:   {raw:8.0f} img/s")
+        raw, piped, before, after = raw_and_pipeline(data, args)
+        print(f"1. raw forward on pre-decoded tensors:   {raw:8.0f} img/s (before 2: {before:.0f}, after: {after:.0f})")
         print(f"2. files -> features through pipeline:   {piped:8.0f} img/s  ratio {piped / raw:.2f} (target >= 0.9)")
-        full, bottom, upper = route_seconds(data, args)
-        print(f"2b. phase 1 + 2 extraction, fine-tuning above {args.freeze_point}: whole backbone over the files "
-              f"{full:.1f} s + bottom over the files {bottom:.1f} s = {full + bottom:.1f} s; through the freeze "
-              f"point: bottom {bottom:.1f} s + layers above on its cached rows {upper:.1f} s = {bottom + upper:.1f} s "
-              f"(ratio {(bottom + upper) / (full + bottom):.2f})")
+        if not args.skip_route:
+            full, bottom, upper = route_seconds(data, args)
+            print(f"2b. phase 1 + 2 extraction, fine-tuning above {args.freeze_point}: whole backbone over the "
+                  f"files {full:.1f} s + bottom over the files {bottom:.1f} s = {full + bottom:.1f} s; through the "
+                  f"freeze point: bottom {bottom:.1f} s + layers above on its cached rows {upper:.1f} s = "
+                  f"{bottom + upper:.1f} s (ratio {(bottom + upper) / (full + bottom):.2f})")
         if args.only_extraction:
             return
 
@@ -213,6 +233,10 @@ def main() -> None:
               f"difference {cold_rss - floor_rss:.2f} GiB (target < 2)")
         best = [line for line in (tmp / "runs" / "cold" / "history.csv").read_text().splitlines()]
         print(f"   cold run history: {best[-1]}")
+        if args.test_per_class:
+            test = subset(root, "test", args.test_per_class, tmp / "test")
+            accuracy = folder_accuracy(tmp / "runs" / "cold" / "model.keras", test, args.image_size)[1]
+            print(f"   cold run's test accuracy, first {args.test_per_class} test images of each class: {accuracy:.4f}")
 
 
 if __name__ == "__main__":
