@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,12 +315,12 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600}
 def parse_duration(text: str) -> float:
     """'90s', '10m', '1.5h', '600' (seconds) -> seconds, above 0."""
     value = str(text).strip().lower()
-    unit = value[-1:] if value[-1:] in _SECONDS else "s"
+    unit = value[-1:] if value[-1:] in _SECONDS else ""
     try:
-        seconds = float(value.removesuffix(unit) if value[-1:] in _SECONDS else value) * _SECONDS[unit]
+        seconds = float(value[:-1] if unit else value) * _SECONDS.get(unit, 1)
     except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
         raise ConfigError("--time-budget must be a duration such as 10m, 90s or 1.5h", text,
                           "pass a number above 0 with an optional s, m or h")
     return seconds

@@ -205,10 +205,12 @@ class _Trainer:
         # Dropout's and the augmentations' random state: not in model.weights, so saved here.
         self.seed_vars = [v for v in model.variables if "seed_generator_state" in v.path]
         self.epochs_done = 0
-        self.started = time.monotonic() if started is None else started
-        # Phase 2's epochs: --fine-tune-epochs, or what --time-budget planned (run.json).
-        self.fine_tune_epochs = config.fine_tune_epochs if planned is None else planned
-        self.planned = planned
+        self.started = time.monotonic() if started is None else started  # --time-budget counts from it
+        self.planned = planned  # phase 2's epochs as --time-budget planned them (run.json), or None
+
+    @property
+    def fine_tune_epochs(self) -> int:
+        return self.config.fine_tune_epochs if self.planned is None else self.planned
 
     def run(self, prefix: str | None) -> None:
         # Resume decision order:
@@ -305,7 +307,7 @@ class _Trainer:
         cost = budget.measure(self.trainee, self.model, keras.optimizers.Adam(learning_rate), self._loss(),
                               self.train_data(0, 1), self.val, self.steps, len(self.data.validation.files))
         left = parse_duration(self.config.time_budget) - (time.monotonic() - self.started)
-        self.planned = self.fine_tune_epochs = budget.plan_epochs(left, cost, self.config.fine_tune_epochs)
+        self.planned = budget.plan_epochs(left, cost, self.config.fine_tune_epochs)
         line = budget.describe(self.config.time_budget, left, cost, self.planned, self.config.fine_tune_epochs)
         ckpts.record_facts(self.run_dir, {PLANNED: self.planned, "time_budget_plan": line})
         say(f"phase 2: {line}")
