@@ -175,7 +175,8 @@ def fit(
     epochs: int = typer.Option(_F.epochs, min=0, help="Phase 1: epochs of the head on the frozen backbone."),
     fine_tune_epochs: int = typer.Option(_F.fine_tune_epochs, min=0, help="Phase 2: epochs of fine-tuning."),
     batch_size: int = typer.Option(_F.batch_size, min=1),
-    learning_rate: float = typer.Option(_F.learning_rate, help="Adam, phase 1."),
+    learning_rate: Optional[float] = typer.Option(None, help="Adam, phase 1; default: 1e-3 x sqrt(7,030 / "
+                                                  "phase 1's steps), within [1e-3, 1e-2]."),
     fine_tune_learning_rate: float = typer.Option(_F.fine_tune_learning_rate, help="Adam, phase 2."),
     schedule: Schedule = typer.Option(_F.schedule, case_sensitive=False,
                                       help="Learning rate within each phase: cosine (warm-up, then decay to 0) or constant."),

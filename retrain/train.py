@@ -22,7 +22,8 @@ from retrain import checkpoints as ckpts
 from retrain import distribute
 from retrain.backbones import check_alpha, check_image_size, check_weights, get_spec
 from retrain.cache import default_cache_dir
-from retrain.config import FitConfig, default_run_name, parse_duration, parse_size
+from retrain.config import (HEAD_RATE, HEAD_RATE_STEPS, FitConfig, default_run_name, head_learning_rate,
+                            parse_duration, parse_size)
 from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, image_channels,
                           load_folders, steps_per_epoch, train_dataset)
 from retrain.errors import BackboneError
@@ -232,7 +233,7 @@ class _Trainer:
         self.epochs_done = state["epoch"] if state else 0
         if state is None or state["phase"] == 1:
             start, step = (state["epoch"], state["step"]) if state else (0, 0)
-            self._compile(1, 0 if self.single_phase else self.backbone_layers, self.config.learning_rate)
+            self._compile(1, 0 if self.single_phase else self.backbone_layers, *self._head_rate())
             if state:
                 self.checkpoint.restore(prefix).assert_existing_objects_matched()
             phase1_end = max(self.config.epochs, start + (1 if step else 0))
@@ -252,7 +253,17 @@ class _Trainer:
     def backbone_layers(self) -> int:
         return len(self.backbone.layers)
 
-    def _compile(self, phase: int, frozen: int, learning_rate: float) -> None:
+    def _head_rate(self) -> tuple[float, str]:
+        """Phase 1's learning rate, and how it was chosen when --learning-rate was not given."""
+        if self.config.learning_rate is not None:
+            return self.config.learning_rate, ""
+        if self.single_phase:  # a network from scratch: not a head on fixed features
+            return HEAD_RATE, ""
+        steps = self.config.epochs * self.steps
+        rate = head_learning_rate(steps)
+        return rate, f" (for {steps:,} head steps: 1e-3 x sqrt({HEAD_RATE_STEPS:,} / steps), within [1e-3, 1e-2])"
+
+    def _compile(self, phase: int, frozen: int, learning_rate: float, how: str = "") -> None:
         import keras
         import tensorflow as tf
 
@@ -285,8 +296,8 @@ class _Trainer:
                                                   max_to_keep=self.config.keep_checkpoints)
         self.best = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "best"), max_to_keep=1)
         trainable = sum(int(np.prod(v.shape)) for v in self.trainee.trainable_variables)
-        say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:g}"
-            + (" (cosine: warm-up, then decay to 0)" if self.config.schedule == "cosine" else ""))
+        say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:.3g}{how}"
+            + ("; cosine: warm-up, then decay to 0" if self.config.schedule == "cosine" else ""))
 
     def _loss(self):
         import keras

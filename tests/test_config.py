@@ -67,6 +67,20 @@ def test_fit_config_rejects_bad_values(values, flag):
         FitConfig(**values)
 
 
+def test_head_learning_rate_goes_as_one_over_sqrt_steps():
+    """1e-3 at 7,030 steps (all of CIFAR-10, 10 epochs) and beyond; x2 for a quarter of the
+    steps; capped at 1e-2 for 70 steps or fewer; the default config leaves it to this rule."""
+    from retrain.config import head_learning_rate
+
+    assert head_learning_rate(7030) == pytest.approx(1e-3)
+    assert head_learning_rate(100_000) == pytest.approx(1e-3)
+    assert head_learning_rate(7030 // 4) == pytest.approx(2e-3, rel=1e-3)
+    assert head_learning_rate(145) == pytest.approx(6.963e-3, rel=1e-3)  # the peer's 5 x 29 steps
+    assert head_learning_rate(70) == head_learning_rate(1) == head_learning_rate(0) == pytest.approx(1e-2)
+    assert FitConfig().learning_rate is None
+    assert FitConfig.from_json(FitConfig().to_json()).learning_rate is None
+
+
 def test_fit_config_normalises_freeze_words():
     """--freeze ALL means all; a layer name keeps its case."""
     assert FitConfig(freeze="ALL").freeze == "all"

@@ -99,6 +99,26 @@ def test_phase_parameter_counts(trained):
     assert "freeze: 0 of 12 backbone layers (--freeze none" in result.stderr
 
 
+def test_default_head_rate_follows_phase_1_steps(colours, tmp_path):
+    """Without --learning-rate, phase 1 trains at head_learning_rate(its steps): the run
+    equals one given that rate (36 images at batch 1, 3 epochs: 108 steps -> 1e-3 x
+    sqrt(7,030 / 108) = 0.00807) and differs from one at 1e-3."""
+    from retrain.config import head_learning_rate
+
+    rate = head_learning_rate(108)
+    assert rate == pytest.approx(8.068e-3, rel=1e-3)
+    weights = {}
+    for name, value in (("auto", None), ("given", repr(rate)), ("base", "0.001")):
+        result = invoke(fit_args(colours, tmp_path, name, learning_rate=value, batch_size=1, epochs=3,
+                                 fine_tune_epochs=0, freeze="all"))
+        assert result.exit_code == 0, (result.output, result.exception)
+        weights[name] = model_weights(tmp_path / name / "model.keras")
+        if name == "auto":
+            assert "learning rate 0.00807 (for 108 head steps: 1e-3 x sqrt(7,030 / steps)" in result.stderr
+    assert all(np.array_equal(a, b) for a, b in zip(weights["auto"], weights["given"]))
+    assert not all(np.array_equal(a, b) for a, b in zip(weights["auto"], weights["base"]))
+
+
 def test_saved_model_predicts_raw_pixels(trained, colours):
     """model.keras loads with keras.saving.load_model and takes 0-255 pixels: it outputs
     probabilities, calls pure colours right, and scores on the validation images what the
