@@ -5,6 +5,11 @@ freeze point), `history.csv`, `logs/` (TensorBoard), `ckpt/` (the last N checkpo
 `best/` (the best by validation loss) and, at the end, `model.keras`. Checkpoints are
 `tf.train.Checkpoint`s managed by `tf.train.CheckpointManager`, which makes one visible only
 once it is complete (it rewrites the `checkpoint` pointer file atomically).
+
+Phase 1 changes the head only, so its checkpoints hold the head's layers (`head/`) and the
+backbone as phase 1 found it is written once, to `frozen/`: an InceptionV3 costs 0.3 s and
+87 MB a save, twice an epoch when the epoch is a new best. Other checkpoints hold the whole
+model (`model/`). `restore_weights` reads either kind.
 """
 
 from __future__ import annotations
@@ -72,6 +77,51 @@ def check_resume(saved: FitConfig, wanted: FitConfig, saved_labels: tuple[str, .
         raise CheckpointError("cannot resume: the run was made with other settings", "; ".join(changed),
                               "resume with the run's settings, or start a new run (--init-from to "
                               "start from its weights)")
+
+
+HEAD = "head"  # a phase-1 checkpoint's layers
+
+
+def head_layers(model, backbone) -> dict:
+    """The layers outside the backbone that hold variables: what phase 1 trains."""
+    return {layer.name: layer for layer in model.layers if layer is not backbone and layer.variables}
+
+
+def is_head_only(prefix: str) -> bool:
+    import tensorflow as tf
+
+    return any(name.startswith(f"{HEAD}/") for name, _ in tf.train.list_variables(prefix))
+
+
+def save_frozen(run: Path, backbone) -> None:
+    """Write the backbone to run/frozen/ (replacing what is there), before phase 1's first
+    checkpoint. Readers see it only once whole: the manager's pointer file comes last."""
+    import tensorflow as tf
+
+    tf.train.CheckpointManager(tf.train.Checkpoint(backbone=backbone), str(run / "frozen"), max_to_keep=1).save()
+
+
+def restore_frozen(backbone, prefix: str) -> None:
+    """Restore the backbone of the run that wrote the head-only checkpoint `prefix`."""
+    import tensorflow as tf
+
+    folder = Path(prefix).parent.parent / "frozen"
+    frozen = latest(folder)
+    if frozen is None:
+        raise CheckpointError("the checkpoint holds the head only, and its run has no frozen backbone",
+                              str(folder), "keep a run folder whole: ckpt/ and best/ need frozen/ beside them")
+    tf.train.Checkpoint(backbone=backbone).restore(frozen).assert_existing_objects_matched()
+
+
+def restore_weights(model, backbone, prefix: str):
+    """Restore the model's weights from a checkpoint of either kind; -> the restore status
+    (the caller asserts what it needs, and expects the rest partial)."""
+    import tensorflow as tf
+
+    if is_head_only(prefix):
+        restore_frozen(backbone, prefix)
+        return tf.train.Checkpoint(**{HEAD: head_layers(model, backbone)}).restore(prefix)
+    return tf.train.Checkpoint(model=model).restore(prefix)
 
 
 def latest(directory: Path) -> str | None:

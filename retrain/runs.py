@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrain.checkpoints import latest, read_run
+from retrain.checkpoints import latest, read_run, restore_weights
 from retrain.config import FitConfig
 from retrain.errors import CheckpointError, RetrainError
 
@@ -120,8 +120,6 @@ def load_model(run: str | Path, which: str = "best") -> LoadedRun:
         raise CheckpointError(f"the run has no {which} checkpoint", str(folder),
                               "pass a run that finished at least one epoch, or --checkpoint "
                               f"{'last' if which == 'best' else 'best'}")
-    import tensorflow as tf
-
     from retrain.backbones import get_spec
     from retrain.model import build_backbone, build_classifier
 
@@ -132,8 +130,8 @@ def load_model(run: str | Path, which: str = "best") -> LoadedRun:
     backbone = build_backbone(spec, image_size, config.alpha, "none", channels)
     model = build_classifier(spec, backbone, len(labels), image_size, config.dropout_rate,
                              config.augment, config.seed)
-    status = tf.train.Checkpoint(model=model).restore(prefix)
     try:
+        status = restore_weights(model, backbone, prefix)
         status.assert_existing_objects_matched()
     except AssertionError as err:
         raise CheckpointError("the checkpoint does not fit the model its run describes", prefix,

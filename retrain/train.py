@@ -146,25 +146,26 @@ def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, al
             models.load_weights_file(backbone, spec, config.weights_path)
         model = models.build_classifier(spec, backbone, data.num_classes, image_size,
                                         config.dropout_rate, config.augment, config.seed)
-        if config.init_from and not resume:
-            _init_weights(model, Path(config.init_from))
+        # Every worker resumes from the chief's run folder (shared storage across hosts).
+        prefix = ckpts.latest(run / "ckpt") if resume else None
+        if config.init_from and prefix is None:  # also a resume killed before its first checkpoint
+            _init_weights(model, backbone, Path(config.init_from))
         if not resume:  # only now: a bad weights file or --init-from leaves no run behind
             ckpts.create_run(out, config, data.class_names, facts)
         # A network trained from scratch has no features worth a head-only phase.
         single_phase = spec.from_scratch and facts["freeze_layers"] == 0
         trainer = _Trainer(config, out, model, backbone, data, image_size, facts["freeze_layers"],
                            cache_root, index, single_phase, dist, started, facts.get(PLANNED))
-        # Every worker resumes from the chief's run folder (shared storage across hosts).
-        trainer.run(ckpts.latest(run / "ckpt") if resume else None)
+        trainer.run(prefix)
     return trainer
 
 
-def _init_weights(model, source: Path) -> None:
+def _init_weights(model, backbone, source: Path) -> None:
     import tensorflow as tf
 
     prefix = ckpts.init_checkpoint(source)
     try:
-        status = tf.train.Checkpoint(model=model).restore(prefix)
+        status = ckpts.restore_weights(model, backbone, prefix)
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as err:
         raise ckpts.CheckpointError("--init-from holds weights of another model", prefix,
@@ -179,6 +180,10 @@ PLANNED = "fine_tune_epochs_planned"
 
 class _Trainer:
     """The two phases and their checkpoints, resumable from any epoch or step."""
+
+    # Phase 1's checkpoints: its head's layers, the backbone once in frozen/ (retrain/checkpoints.py).
+    # False: the whole model each time, as runs made before 2026-12-02 wrote them.
+    writes_head_only = True
 
     def __init__(self, config: FitConfig, run: Path, model, backbone, data: ImageFolders,
                  image_size: int, freeze_layers: int, cache_root: Path, index: FileIndex,
@@ -208,6 +213,7 @@ class _Trainer:
         self.epochs_done = 0
         self.started = time.monotonic() if started is None else started  # --time-budget counts from it
         self.planned = planned  # phase 2's epochs as --time-budget planned them (run.json), or None
+        self.head_only, self.frozen_saved = self.writes_head_only, False
 
     @property
     def fine_tune_epochs(self) -> int:
@@ -222,6 +228,11 @@ class _Trainer:
         #    recompile with a fresh optimizer), then restore it. Restoring a phase-1 optimizer
         #    into phase 2 would bring back phase 1's learning rate and step count.
         state = ckpts.read_state(prefix) if prefix else None
+        # Phase 1 writes head-only checkpoints, unless it resumes one made before they existed.
+        # frozen/ is written when phase 1 starts afresh: decided alike on every worker.
+        in_phase_1 = bool(state and state["phase"] == 1)
+        self.frozen_saved = in_phase_1 and ckpts.is_head_only(prefix)
+        self.head_only = self.writes_head_only and (self.frozen_saved or not in_phase_1)
         if self.config.time_budget is not None and not self._fine_tunes():
             say(f"--time-budget {self.config.time_budget}: no fine-tuning follows, nothing to plan; "
                 f"phase 1's {self.config.epochs} epochs run as given")
@@ -235,6 +246,8 @@ class _Trainer:
             start, step = (state["epoch"], state["step"]) if state else (0, 0)
             self._compile(1, 0 if self.single_phase else self.backbone_layers, *self._head_rate())
             if state:
+                if self.head_only:
+                    ckpts.restore_frozen(self.backbone, prefix)
                 self.checkpoint.restore(prefix).assert_existing_objects_matched()
             phase1_end = max(self.config.epochs, start + (1 if step else 0))
             self._fit(0, start, phase1_end, step)
@@ -289,7 +302,14 @@ class _Trainer:
         distribute.prepare_model(self.trainee, self.dist)
         self.trainee.optimizer.build(self.trainee.trainable_variables)  # so a restore fills it now
         self.state["phase"].assign(phase)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.trainee.optimizer,
+        if phase == 1 and self.head_only and not self.single_phase:  # see retrain/checkpoints.py
+            if not self.frozen_saved:
+                ckpts.save_frozen(self.run_dir, self.backbone)
+                self.frozen_saved = True
+            weights = {ckpts.HEAD: ckpts.head_layers(self.model, self.backbone)}
+        else:
+            weights = {"model": self.model}
+        self.checkpoint = tf.train.Checkpoint(**weights, optimizer=self.trainee.optimizer,
                                               seeds={f"s{i}": v.value for i, v in enumerate(self.seed_vars)},
                                               **self.state)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "ckpt"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from retrain.checkpoints import (check_resume, create_run, init_checkpoint, latest, read_run,
@@ -168,3 +169,103 @@ def test_a_run_made_before_the_schedule_existed_resumes_constant(tmp_path):
     assert read_run(tmp_path / "run")[0].schedule == "constant"
     assert read_run(tmp_path / "run")[0].feature_shift == 0  # nor start shifting its activations
     assert FitConfig().schedule == "cosine"
+
+
+# --- what phase 1's checkpoints hold (tiny_cnn runs through the CLI) -------------------------
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    from fit_fixtures import make_colour_data
+
+    return make_colour_data(tmp_path_factory.mktemp("colours") / "data", train=8, validation=4)
+
+
+def _names(prefix: str) -> list[str]:
+    import tensorflow as tf
+
+    return [name for name, _ in tf.train.list_variables(prefix)]
+
+
+def _fit(data, runs, name, **flags):
+    from fit_fixtures import fit_args, invoke
+
+    result = invoke(fit_args(data, runs, name, **flags))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return runs / name
+
+
+def test_phase_1_checkpoints_hold_the_head_and_frozen_holds_the_backbone(colour_data, tmp_path):
+    """A --freeze all run: ckpt/ and best/ hold the head's layers, no backbone variable;
+    frozen/ holds the backbone once; evaluate's loader rebuilds the whole model from them
+    (the last checkpoint predicts as model.keras). After phase 2 the checkpoints are whole."""
+    from fit_fixtures import load_model
+    from retrain.runs import load_model as load_run
+
+    run = _fit(colour_data, tmp_path, "frozen", freeze="all", epochs=2, fine_tune_epochs=0)
+    for folder in ("ckpt", "best"):
+        names = _names(latest(run / folder))
+        assert any(n.startswith("head/predictions/") for n in names), names
+        assert not [n for n in names if n.startswith(("model/", "backbone/")) or "moving_mean" in n], names
+    backbone = _names(latest(run / "frozen"))  # tiny_cnn: 3 convolutions, 3 batch norms
+    assert sum(n.startswith("backbone/") and "_kernel" in n for n in backbone) == 3
+    assert sum("moving_mean" in n for n in backbone) == 3
+    assert len(list((run / "frozen").glob("ckpt-*.index"))) == 1
+    x = np.random.default_rng(0).uniform(0, 255, (5, 32, 32, 3)).astype("float32")
+    rebuilt = load_run(run, "last").model
+    np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(load_model(run / "model.keras")(x)))
+
+    two = _fit(colour_data, tmp_path, "two", epochs=1, fine_tune_epochs=1)
+    assert any(n.startswith("model/") for n in _names(latest(two / "ckpt")))
+
+
+def test_whole_model_phase_1_checkpoints_still_load_and_resume(colour_data, tmp_path, monkeypatch):
+    """A run whose phase-1 checkpoint holds the whole model (as runs made before frozen/
+    existed): evaluate's loader reads it, and --resume continues it to the same weights as
+    an uninterrupted run."""
+    from fit_fixtures import fit_args, invoke, model_weights
+    from retrain.runs import load_model as load_run
+    from retrain.train import _Trainer
+
+    monkeypatch.setattr(_Trainer, "writes_head_only", False)
+    old = _fit(colour_data, tmp_path, "old", freeze="all", epochs=1, fine_tune_epochs=0)
+    monkeypatch.undo()
+    assert any(n.startswith("model/") for n in _names(latest(old / "ckpt")))
+    assert not (old / "frozen").exists()
+    load_run(old, "best")
+    result = invoke(["fit", "--resume", str(old), "--epochs", "3"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    whole = _fit(colour_data, tmp_path, "whole", freeze="all", epochs=3, fine_tune_epochs=0)
+    for a, b in zip(model_weights(old / "model.keras"), model_weights(whole / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_phase_1_resume_takes_the_backbone_from_frozen(colour_data, tmp_path):
+    """--init-from a fine-tuned run gives a backbone no rebuild reproduces; a phase-1 run
+    from it, resumed, ends with the same weights as the same run uninterrupted."""
+    from fit_fixtures import invoke, model_weights
+
+    tuned = _fit(colour_data, tmp_path, "tuned", epochs=1, fine_tune_epochs=1)
+    cut = _fit(colour_data, tmp_path, "cut", freeze="all", epochs=1, fine_tune_epochs=0, init_from=tuned)
+    result = invoke(["fit", "--resume", str(cut), "--epochs", "2"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    whole = _fit(colour_data, tmp_path, "whole", freeze="all", epochs=2, fine_tune_epochs=0, init_from=tuned)
+    for a, b in zip(model_weights(cut / "model.keras"), model_weights(whole / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_before_the_first_checkpoint_applies_init_from(colour_data, tmp_path):
+    """A run cut off before its first checkpoint (only its records written), resumed,
+    starts from --init-from's weights as the uninterrupted run did."""
+    import shutil
+
+    from fit_fixtures import invoke, model_weights
+
+    tuned = _fit(colour_data, tmp_path, "tuned", epochs=1, fine_tune_epochs=1)
+    run = _fit(colour_data, tmp_path, "run", freeze="all", epochs=1, fine_tune_epochs=0, init_from=tuned)
+    whole = model_weights(run / "model.keras")
+    for leftover in ("ckpt", "best", "frozen", "logs", "history.csv", "model.keras"):
+        shutil.rmtree(run / leftover) if (run / leftover).is_dir() else (run / leftover).unlink()
+    result = invoke(["fit", "--resume", str(run)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    for a, b in zip(model_weights(run / "model.keras"), whole):
+        np.testing.assert_array_equal(a, b)
