@@ -53,13 +53,23 @@ def extract_fn(extractor, image_size: int, batch_size: int, training: bool):
         return extractor(images, training=training)
 
     def run(files: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if not files:
-            return
         # The label slot carries each file's position, so a file dropped by the pipeline
-        # (undecodable) is known rather than shifting every later row.
-        split = Split(tuple(files), np.arange(len(files), dtype=np.int64))
-        for images, positions in eval_dataset(split, None, image_size, batch_size, extractor.input.shape[-1]):
-            yield forward(images).numpy(), positions.numpy()
+        # (undecodable) is known rather than shifting every later row. The fast pipeline
+        # stops at such a file; the files from its batch on then go through the one that
+        # drops it.
+        done, strict = 0, True
+        while done < len(files):
+            split = Split(tuple(files[done:]), np.arange(done, len(files), dtype=np.int64))
+            try:
+                for images, positions in eval_dataset(split, None, image_size, batch_size,
+                                                      extractor.input.shape[-1], skip_errors=not strict):
+                    yield forward(images).numpy(), positions.numpy()
+                    done = int(positions[-1]) + 1
+                return
+            except tf.errors.InvalidArgumentError:
+                if not strict:
+                    raise
+                strict = False
 
     return run
 

@@ -737,3 +737,27 @@ def test_feature_shift_trains_phase_2_only_and_resumes_exactly(warm, tmp_path):
                                    rtol=0, atol=1e-6, err_msg=key)
     for a, b in zip(model_weights(runs / "stopped" / "model.keras"), model_weights(runs / "shift" / "model.keras")):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_extraction_drops_a_file_tensorflow_cannot_decode(tmp_path):
+    """The fast pipeline (no ignore_errors) stops at a file TensorFlow cannot decode; the
+    extraction then goes on through the tolerant one: every other file's row comes out,
+    under its own position, as a run over the good files alone computes it."""
+    import keras
+
+    from retrain.bottleneck import extract_fn
+
+    rng = np.random.default_rng(3)
+    files = [str(write_png(tmp_path / f"{i}.png", noisy_colour(rgb, rng))) for i, rgb in
+             enumerate([COLOURS["cyan"], COLOURS["magenta"], COLOURS["yellow"]] * 2)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all" * 10)
+    files.insert(3, str(bad))  # in the second batch of 2
+    inputs = keras.Input((32, 32, 3))
+    extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    run = extract_fn(extractor, 32, 2, training=False)
+    rows, positions = (np.concatenate(part) for part in zip(*run(files)))
+    assert positions.tolist() == [0, 1, 2, 4, 5, 6]
+    good = [f for f in files if f != str(bad)]
+    expected = np.concatenate([r for r, _ in run(good)])
+    np.testing.assert_allclose(rows, expected, rtol=1e-6)
