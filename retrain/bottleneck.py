@@ -63,7 +63,8 @@ def extract_fn(extractor, image_size: int, batch_size: int, training: bool):
             try:
                 for images, positions in eval_dataset(split, None, image_size, batch_size,
                                                       extractor.input.shape[-1], skip_errors=not strict):
-                    yield forward(images).numpy(), positions.numpy()
+                    positions = positions.numpy()
+                    yield forward(images).numpy(), positions
                     done = int(positions[-1]) + 1
                 return
             except tf.errors.InvalidArgumentError:

@@ -80,6 +80,7 @@ def check_resume(saved: FitConfig, wanted: FitConfig, saved_labels: tuple[str, .
 
 
 HEAD = "head"  # a phase-1 checkpoint's layers
+FROZEN = "frozen"  # the run's folder of the backbone those checkpoints leave out
 
 
 def head_layers(model, backbone) -> dict:
@@ -98,14 +99,14 @@ def save_frozen(run: Path, backbone) -> None:
     checkpoint. Readers see it only once whole: the manager's pointer file comes last."""
     import tensorflow as tf
 
-    tf.train.CheckpointManager(tf.train.Checkpoint(backbone=backbone), str(run / "frozen"), max_to_keep=1).save()
+    tf.train.CheckpointManager(tf.train.Checkpoint(backbone=backbone), str(run / FROZEN), max_to_keep=1).save()
 
 
 def restore_frozen(backbone, prefix: str) -> None:
     """Restore the backbone of the run that wrote the head-only checkpoint `prefix`."""
     import tensorflow as tf
 
-    folder = Path(prefix).parent.parent / "frozen"
+    folder = Path(prefix).parent.parent / FROZEN  # <run>/ckpt/ckpt-N, <run>/best/ckpt-N
     frozen = latest(folder)
     if frozen is None:
         raise CheckpointError("the checkpoint holds the head only, and its run has no frozen backbone",

@@ -213,7 +213,7 @@ class _Trainer:
         self.epochs_done = 0
         self.started = time.monotonic() if started is None else started  # --time-budget counts from it
         self.planned = planned  # phase 2's epochs as --time-budget planned them (run.json), or None
-        self.head_only, self.frozen_saved = self.writes_head_only, False
+        self.head_only = self.writes_head_only  # this run's phase-1 checkpoints: set by run()
 
     @property
     def fine_tune_epochs(self) -> int:
@@ -229,10 +229,8 @@ class _Trainer:
         #    into phase 2 would bring back phase 1's learning rate and step count.
         state = ckpts.read_state(prefix) if prefix else None
         # Phase 1 writes head-only checkpoints, unless it resumes one made before they existed.
-        # frozen/ is written when phase 1 starts afresh: decided alike on every worker.
-        in_phase_1 = bool(state and state["phase"] == 1)
-        self.frozen_saved = in_phase_1 and ckpts.is_head_only(prefix)
-        self.head_only = self.writes_head_only and (self.frozen_saved or not in_phase_1)
+        resumes_whole = bool(state and state["phase"] == 1 and not ckpts.is_head_only(prefix))
+        self.head_only = self.writes_head_only and not self.single_phase and not resumes_whole
         if self.config.time_budget is not None and not self._fine_tunes():
             say(f"--time-budget {self.config.time_budget}: no fine-tuning follows, nothing to plan; "
                 f"phase 1's {self.config.epochs} epochs run as given")
@@ -245,6 +243,8 @@ class _Trainer:
         if state is None or state["phase"] == 1:
             start, step = (state["epoch"], state["step"]) if state else (0, 0)
             self._compile(1, 0 if self.single_phase else self.backbone_layers, *self._head_rate())
+            if state is None and self.head_only:  # phase 1 from its start: on every worker alike
+                ckpts.save_frozen(self.run_dir, self.backbone)
             if state:
                 if self.head_only:
                     ckpts.restore_frozen(self.backbone, prefix)
@@ -274,7 +274,7 @@ class _Trainer:
             return HEAD_RATE, ""
         steps = self.config.epochs * self.steps
         rate = head_learning_rate(steps)
-        return rate, f" (for {steps:,} head steps: 1e-3 x sqrt({HEAD_RATE_STEPS:,} / steps), within [1e-3, 1e-2])"
+        return rate, f" (for {steps:,} head step{'s' if steps != 1 else ''}: 1e-3 x sqrt({HEAD_RATE_STEPS:,} / steps), within [1e-3, 1e-2])"
 
     def _compile(self, phase: int, frozen: int, learning_rate: float, how: str = "") -> None:
         import keras
@@ -302,13 +302,8 @@ class _Trainer:
         distribute.prepare_model(self.trainee, self.dist)
         self.trainee.optimizer.build(self.trainee.trainable_variables)  # so a restore fills it now
         self.state["phase"].assign(phase)
-        if phase == 1 and self.head_only and not self.single_phase:  # see retrain/checkpoints.py
-            if not self.frozen_saved:
-                ckpts.save_frozen(self.run_dir, self.backbone)
-                self.frozen_saved = True
-            weights = {ckpts.HEAD: ckpts.head_layers(self.model, self.backbone)}
-        else:
-            weights = {"model": self.model}
+        weights = {ckpts.HEAD: ckpts.head_layers(self.model, self.backbone)} if phase == 1 and self.head_only \
+            else {"model": self.model}  # see retrain/checkpoints.py
         self.checkpoint = tf.train.Checkpoint(**weights, optimizer=self.trainee.optimizer,
                                               seeds={f"s{i}": v.value for i, v in enumerate(self.seed_vars)},
                                               **self.state)
