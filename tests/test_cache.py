@@ -717,6 +717,29 @@ def test_shifted_batches_resume_mid_epoch_exactly():
         np.testing.assert_array_equal(x, np.ones_like(x))
 
 
+def test_cached_rows_come_in_the_files_order_of_every_epoch(tmp_path):
+    """Row i is file i: bottleneck.train_dataset serves each epoch's rows in the order
+    data.train_dataset gives the files (the same seed per epoch over the same count), with
+    the short last batch, from the skipped batch on in the first epoch, labels alongside."""
+    from retrain.bottleneck import CachedSplit, train_dataset
+    from retrain.data import Split
+    from retrain.data import train_dataset as files_dataset
+
+    n = 11
+    files = [str(write_png(tmp_path / f"{i:02d}.png", np.full((4, 4, 3), 10 * i, np.uint8))) for i in range(n)]
+    split = Split(tuple(files), np.arange(n) % 3)
+    args = (4, 3, 2, 5, 1)  # batch 4, seed 3, epochs [2, 5), the first batch of epoch 2 skipped
+    by_files = [(x[:, 0, 0, 0] / 10).round().astype(int).tolist()
+                for x, _ in files_dataset(split, 3, 4, *args).as_numpy_iterator()]
+    cached = CachedSplit([np.arange(n, dtype=np.float16)[:, None]], split.labels, 3)
+    by_rows = [(x[:, 0].astype(int).tolist(), y.argmax(1).tolist())
+               for x, y in train_dataset(cached, *args).as_numpy_iterator()]
+    assert [rows for rows, _ in by_rows] == by_files
+    assert [len(b) for b in by_files] == [4, 3] + [4, 4, 3] * 2
+    assert all(labels == [r % 3 for r in rows] for rows, labels in by_rows)
+    assert by_files[2:5] != by_files[5:8]  # each epoch its own order
+
+
 def test_feature_shift_trains_phase_2_only_and_resumes_exactly(warm, tmp_path):
     """--feature-shift 1 on the cached run: phase 1 (pooled features) trains exactly as
     without it, phase 2 differently; and a run stopped after one fine-tuning epoch, then
