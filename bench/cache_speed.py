@@ -111,7 +111,8 @@ def raw_and_pipeline(data_dir: Path, args) -> tuple[float, float, float, float]:
     forward(batches[0]).numpy()
     before = raw_seconds()
     start = time.perf_counter()
-    n = sum(len(rows) for rows, _ in run(files))
+    shape = data.train.shape if data.train.shape == data.validation.shape else None  # as fit's
+    n = sum(len(rows) for rows, _ in run(files, shape))
     piped = n / (time.perf_counter() - start)
     after = raw_seconds()
     return 2 * len(sample) / (before + after), piped, len(sample) / before, len(sample) / after

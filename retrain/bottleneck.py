@@ -52,14 +52,16 @@ def extract_fn(extractor, image_size: int, batch_size: int, training: bool):
     def forward(images):
         return extractor(images, training=training)
 
-    def run(files: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        # The label slot carries each file's position, so a file dropped by the pipeline
-        # (undecodable) is known rather than shifting every later row. The fast pipeline
-        # stops at such a file; the files from its batch on then go through the one that
-        # drops it.
+    def run(files: list[str], shape: tuple[int, int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # `shape`: the (height, width) every file has, if known (Split.shape): the fast
+        # pipeline then resizes whole batches. The label slot carries each file's position,
+        # so a file dropped by the pipeline (undecodable) is known rather than shifting every
+        # later row. The fast pipeline stops at such a file (or one of another shape); the
+        # files from its batch on then go through the one that resizes image by image and
+        # drops what does not decode.
         done, strict = 0, True
         while done < len(files):
-            split = Split(tuple(files[done:]), np.arange(done, len(files), dtype=np.int64))
+            split = Split(tuple(files[done:]), np.arange(done, len(files), dtype=np.int64), shape)
             try:
                 for images, positions in eval_dataset(split, None, image_size, batch_size,
                                                       extractor.input.shape[-1], skip_errors=not strict):
@@ -86,7 +88,7 @@ def from_rows_fn(model, files: tuple[str, ...], rows: np.ndarray, batch_size: in
     def forward(x):
         return model(x, training=False)
 
-    def run(wanted: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def run(wanted: list[str], shape=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(wanted), batch_size):
             positions = np.arange(start, min(start + batch_size, len(wanted)))
             x = np.asarray(rows[[where[wanted[p]] for p in positions]], dtype=np.float32)
@@ -108,7 +110,7 @@ def cache_split(folder_root: Path, key: dict, split_name: str, split: Split, has
         if set_view is not None:
             set_view(view)
         cache = SplitCache(folder, split_name)
-        arrays.append(cache.ensure(list(split.files), hashes, extract))
+        arrays.append(cache.ensure(list(split.files), hashes, lambda files: extract(files, split.shape)))
         computed += cache.computed
     return CachedSplit(arrays, split.labels, num_classes), computed
 

@@ -28,6 +28,9 @@ SHOWN_SKIPPED = 5
 class Split:
     files: tuple[str, ...]
     labels: np.ndarray  # int, index into class_names
+    # (height, width) that every file has, when known (load_folders reads it from the
+    # headers): then the extraction pipeline resizes whole batches, not image by image.
+    shape: tuple[int, int] | None = None
 
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes)
@@ -72,17 +75,24 @@ def class_files(folder: Path) -> dict[str, list[str]]:
 def readable(files: list[str], index: FileIndex | None = None) -> list[bool]:
     """Which files TensorFlow can decode (the pre-flight check), in parallel, remembered by
     `index` when given."""
-    return (index or FileIndex(None)).readable([str(f) for f in files], _readable)
+    return [size is not None for size in image_sizes(files, index)]
 
 
-def _readable(path: str) -> bool:
-    """Cheap check that TensorFlow can decode the file: its header parses; PNG and GIF chunks
-    verify; a JPEG ends with its end-of-image marker, or else decodes in full. Catches empty,
-    truncated and mislabelled files."""
+def image_sizes(files: list[str], index: FileIndex | None = None) -> list[tuple[int, int] | None]:
+    """Each file's (height, width) when TensorFlow can decode it, else None; as `readable`."""
+    found = (index or FileIndex(None)).facts([str(f) for f in files], "image", _image_size)
+    return [tuple(size) if size else None for size in found]
+
+
+def _image_size(path: str) -> list[int] | None:
+    """[height, width] from the header when a cheap check says TensorFlow can decode the file:
+    its header parses; PNG and GIF chunks verify; a JPEG ends with its end-of-image marker,
+    or else decodes in full. Catches empty, truncated and mislabelled files: None."""
     try:
         with Image.open(path) as image:
             if image.format not in DECODABLE:
-                return False
+                return None
+            size = [image.height, image.width]
             image.verify()
         if image.format == "JPEG":
             with open(path, "rb") as f:
@@ -90,9 +100,9 @@ def _readable(path: str) -> bool:
                 if f.read(2) != b"\xff\xd9":  # truncated, or trailing bytes: decode to be sure
                     with Image.open(path) as full:
                         full.load()
-        return True
+        return size
     except (OSError, SyntaxError, ValueError, EOFError):
-        return False
+        return None
 
 
 def in_validation(relative_path: str, fraction: float) -> bool:
@@ -101,8 +111,10 @@ def in_validation(relative_path: str, fraction: float) -> bool:
     return (digest % 1_000_000) / 1_000_000 < fraction
 
 
-def _to_split(pairs: list[tuple[str, int]]) -> Split:
-    return Split(tuple(p for p, _ in pairs), np.asarray([c for _, c in pairs], dtype=np.int64))
+def _to_split(pairs: list[tuple[str, int]], sizes: dict[str, tuple[int, int]]) -> Split:
+    shapes = {sizes[p] for p, _ in pairs}
+    return Split(tuple(p for p, _ in pairs), np.asarray([c for _, c in pairs], dtype=np.int64),
+                 shapes.pop() if len(shapes) == 1 else None)
 
 
 def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex | None = None) -> ImageFolders:
@@ -131,7 +143,8 @@ def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex
         raise DatasetError("a classifier needs at least 2 class folders", f"{len(names)} in {root}",
                            "add a subfolder of images for each class")
     every = [f for side in sides.values() for files in side.values() for f in files]
-    bad = {f for f, ok in zip(every, readable(every, index)) if not ok}
+    sizes = dict(zip(every, image_sizes(every, index)))
+    bad = {f for f, size in sizes.items() if size is None}
     pairs = {side: [(f, i) for i, n in enumerate(names) for f in sides[side][n] if f not in bad]
              for side in sides}
     for side, listing in pairs.items():
@@ -141,7 +154,7 @@ def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex
             raise DatasetError(f"classes with no readable {side} images", ", ".join(empty[:10]),
                                "add images to them" + (", or raise --validation-split"
                                                        if side == "validation" else ""))
-    return ImageFolders(root, names, _to_split(pairs["train"]), _to_split(pairs["validation"]),
+    return ImageFolders(root, names, _to_split(pairs["train"], sizes), _to_split(pairs["validation"], sizes),
                         tuple(sorted(bad)))
 
 
@@ -218,13 +231,35 @@ def _fixed(ds):
     return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
+def _batch_loader(shape: tuple[int, int], image_size: int, num_classes: int | None, channels: int):
+    """As _loader, for files that all have `shape`: decode one by one, resize whole batches.
+    A file of another shape raises tf.errors.InvalidArgumentError."""
+    import tensorflow as tf
+
+    def decode(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        return tf.ensure_shape(image, (*shape, channels)), label if num_classes is None else tf.one_hot(label, num_classes)
+
+    def resize(images, labels):
+        return tf.image.resize(images, (image_size, image_size)), labels  # per image as _loader's
+
+    return decode, resize
+
+
 def eval_dataset(split: Split, num_classes: int | None, image_size: int, batch_size: int,
                  channels: int = 3, skip_errors: bool = True):
     """Decode, resize, batch, prefetch; fixed order. Labels one-hot, or as they are for
     num_classes None. A file that does not decode is dropped; with skip_errors False it
     raises tf.errors.InvalidArgumentError instead, and the pipeline is faster: nothing
-    between map and batch, so tf.data fuses them (6% of the extraction at 96 px)."""
-    ds = _files_dataset(split).map(_loader(image_size, num_classes, channels), num_parallel_calls=PARALLEL_CALLS)
+    between map and batch, so tf.data fuses them (6% of the extraction at 96 px), and when
+    every file has the split's `shape`, whole batches are resized (a 64 x 32 x 32 batch in one
+    op: 100 instead of 140 us of CPU an image at 96 px, which the forward pass gets back)."""
+    files = _files_dataset(split)
+    if split.shape is not None and not skip_errors:
+        decode, resize = _batch_loader(split.shape, image_size, num_classes, channels)
+        return shard_by_data(_fixed(files.map(decode, num_parallel_calls=PARALLEL_CALLS)
+                                    .batch(batch_size).map(resize)))
+    ds = files.map(_loader(image_size, num_classes, channels), num_parallel_calls=PARALLEL_CALLS)
     return shard_by_data(_fixed((ds.ignore_errors() if skip_errors else ds).batch(batch_size)))
 
 

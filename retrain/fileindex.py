@@ -2,9 +2,9 @@
 
 Checking that 50,000 images decode and hashing their bytes takes about 20 s here; a rerun
 over unchanged files should cost 50,000 `stat` calls instead. As git's index does, a file's
-facts (readable?, sha1 of its bytes) are trusted while its size, mtime and ctime (in ns) are
-unchanged; any change, including a copy or a touch, makes them be learned again. One JSON
-file per cache folder, written to a temporary file and renamed into place.
+facts (its image size if it decodes, the sha1 of its bytes) are trusted while its size, mtime
+and ctime (in ns) are unchanged; any change, including a copy or a touch, makes them be
+learned again. One JSON file per cache folder, written to a temporary file and renamed.
 """
 
 from __future__ import annotations
@@ -53,13 +53,11 @@ class FileIndex:
                 self.entries = {}
         self.learned = 0  # facts computed (not remembered) by this object: tests count them
 
-    def readable(self, files: Iterable[str], check: Callable[[str], bool]) -> list[bool]:
-        return self._facts(list(files), "ok", check)
-
     def hashes(self, files: Iterable[str]) -> list[str]:
-        return self._facts(list(files), "sha1", file_digest)
+        return self.facts(list(files), "sha1", file_digest)
 
-    def _facts(self, files: list[str], fact: str, compute: Callable) -> list:
+    def facts(self, files: list[str], fact: str, compute: Callable) -> list:
+        """`compute(file)` (JSON-able) for each file, remembered under the name `fact`."""
         keys = [f if os.path.isabs(f) else os.path.abspath(f) for f in files]
         stamps = [_stamp(k) for k in keys]
         values, missing = [], []

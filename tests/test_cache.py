@@ -784,3 +784,42 @@ def test_extraction_drops_a_file_tensorflow_cannot_decode(tmp_path):
     good = [f for f in files if f != str(bad)]
     expected = np.concatenate([r for r, _ in run(good)])
     np.testing.assert_allclose(rows, expected, rtol=1e-6)
+
+
+def test_extraction_of_a_file_of_another_shape_goes_on_image_by_image(tmp_path):
+    """Given the shape all files should share, the extraction resizes whole batches; a file
+    of another shape makes it go on image by image from that batch: every row comes out,
+    each as the image-by-image pipeline computes it, the odd file resized, not dropped."""
+    import keras
+
+    from retrain.bottleneck import extract_fn
+
+    rng = np.random.default_rng(4)
+    files = [str(write_png(tmp_path / f"{i}.png", noisy_colour(rgb, rng))) for i, rgb in
+             enumerate([COLOURS["cyan"], COLOURS["magenta"], COLOURS["yellow"]] * 2)]
+    files[3] = str(write_png(tmp_path / "wide.png", rng.integers(0, 256, (32, 48, 3), np.uint8)))
+    inputs = keras.Input((16, 16, 3))
+    extractor = keras.Model(inputs, keras.layers.Flatten()(inputs))
+    run = extract_fn(extractor, 16, 2, training=False)
+    rows, positions = (np.concatenate(part) for part in zip(*run(files, (32, 32))))
+    assert positions.tolist() == list(range(6))
+    np.testing.assert_array_equal(rows, np.concatenate([r for r, _ in run(files)]))
+    np.testing.assert_array_equal(rows[:2], np.concatenate([r for r, _ in run(files[:2], (32, 32))]))
+
+
+def test_cache_split_passes_the_split_shape_to_the_extraction(tmp_path):
+    """fit's cache gives the extraction the shape load_folders found (so it resizes whole
+    batches); rows land under their files."""
+    from retrain.bottleneck import cache_split
+    from retrain.data import Split
+
+    seen = []
+
+    def extract(files, shape=None):
+        seen.append(shape)
+        yield np.arange(len(files), dtype=np.float32)[:, None], np.arange(len(files))
+
+    split = Split(("a.png", "b.png"), np.array([0, 1]), (32, 32))
+    cached, computed = cache_split(tmp_path, {"k": 1}, "train", split, ["h1", "h2"], 2, extract)
+    assert seen == [(32, 32)] and computed == 2
+    assert np.asarray(cached.views[0])[:, 0].tolist() == [0, 1]

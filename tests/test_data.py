@@ -110,6 +110,44 @@ def test_eval_dataset_decodes_to_three_channels(tmp_path, mode, fmt, value, expe
     np.testing.assert_allclose(images, np.broadcast_to(expected, images.shape),
                                atol=3 if fmt == "JPEG" else 0)
     np.testing.assert_array_equal(labels, np.eye(2))
+    # The headers' size is what TensorFlow decodes, so the whole-batch resize serves them alike.
+    assert data.validation.shape == (12, 20)
+    (fast, fast_labels), = eval_dataset(data.validation, 2, 16, 8, skip_errors=False).as_numpy_iterator()
+    np.testing.assert_array_equal(fast, images)
+    np.testing.assert_array_equal(fast_labels, labels)
+
+
+def test_load_folders_records_the_shape_all_files_share(tmp_path):
+    """Split.shape: the (height, width) of every file of the split, None once one differs."""
+    make_colour_split(tmp_path / "train", 3, 0, classes=("cyan", "magenta"))
+    make_colour_split(tmp_path / "validation", 2, 1, classes=("cyan", "magenta"))
+    data = load_folders(tmp_path, 0.2)
+    assert data.train.shape == data.validation.shape == (32, 32)
+    write_png(tmp_path / "validation" / "cyan" / "wide.png", np.zeros((32, 40, 3), np.uint8))
+    data = load_folders(tmp_path, 0.2)
+    assert data.train.shape == (32, 32) and data.validation.shape is None
+
+
+def test_whole_batch_resize_gives_the_per_image_result(tmp_path):
+    """With Split.shape the strict pipeline resizes whole batches: the very floats and labels
+    of the image-by-image pipeline, short last batch included; a file of another shape raises
+    tf.errors.InvalidArgumentError (it is not silently resized or dropped)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    files = [str(write_png(tmp_path / f"{i}.png", rng.integers(0, 256, (10, 14, 3), np.uint8))) for i in range(5)]
+    per_image = Split(tuple(files), np.arange(5) % 2)
+    whole = Split(tuple(files), np.arange(5) % 2, (10, 14))
+    for size in (8, 24):
+        slow = list(eval_dataset(per_image, 2, size, 2, skip_errors=False).as_numpy_iterator())
+        fast = list(eval_dataset(whole, 2, size, 2, skip_errors=False).as_numpy_iterator())
+        assert [len(x) for x, _ in fast] == [2, 2, 1]
+        for (a, la), (b, lb) in zip(slow, fast):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(la, lb)
+    wrong = Split(tuple(files), np.arange(5) % 2, (14, 10))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(eval_dataset(wrong, 2, 8, 2, skip_errors=False))
 
 
 def test_class_weights_balance_classes():
