@@ -36,7 +36,7 @@ from retrain.progress import say
 # 96 px, 2 cores); 256 added 2% more.
 EXTRACT_BATCH = 128
 # Validation on cached rows: the batch does not change the result (a mean over the rows), and
-# few large batches cost less than many small ones (see the README's performance notes).
+# few large batches cost less than many small ones (see bench/PERFORMANCE-HISTORY.md).
 CACHED_EVAL_BATCH = 1024
 
 # The validation set's size is unknown to Keras (a file that fails to decode is dropped, not
