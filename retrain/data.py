@@ -189,12 +189,20 @@ def _loader(image_size: int, num_classes: int | None, channels: int = 3):
     import tensorflow as tf
 
     def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        image, label = _decoded(path, label, num_classes, channels)
         image = tf.image.resize(image, (image_size, image_size))  # float32, still 0-255
         image.set_shape((image_size, image_size, channels))
-        return image, label if num_classes is None else tf.one_hot(label, num_classes)
+        return image, label
 
     return load
+
+
+def _decoded(path, label, num_classes: int | None, channels: int):
+    """(path, label) -> (the file's image, uint8 at its own size; label one-hot, or as it is)."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    return image, label if num_classes is None else tf.one_hot(label, num_classes)
 
 
 def _files_dataset(split: Split):
@@ -237,8 +245,8 @@ def _batch_loader(shape: tuple[int, int], image_size: int, num_classes: int | No
     import tensorflow as tf
 
     def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-        return tf.ensure_shape(image, (*shape, channels)), label if num_classes is None else tf.one_hot(label, num_classes)
+        image, label = _decoded(path, label, num_classes, channels)
+        return tf.ensure_shape(image, (*shape, channels)), label
 
     def resize(images, labels):
         return tf.image.resize(images, (image_size, image_size)), labels  # per image as _loader's
