@@ -7,6 +7,8 @@ from typing import Callable
 import keras
 import numpy as np
 
+from retrain.faultpoints import reached
+
 
 def seed_value(seed: int, epoch: int, index: int) -> list[int]:
     """The generator state of random layer `index` at the start of `epoch`."""
@@ -56,7 +58,9 @@ class CompleteResumedEpoch(keras.callbacks.Callback):
 
 class CheckpointSaver(keras.callbacks.Callback):
     """Saves after every epoch (and every `every_steps` steps) through the trainer's managers;
-    also into `best` when validation loss improves. Checkpoints are numbered by global step."""
+    also into `best` when validation loss improves. Checkpoints are numbered by the run's
+    step count over both phases (epochs x steps per epoch + steps), not by the optimizer's:
+    phase 2's fresh optimizer would count from 0 again and overwrite phase 1's files."""
 
     def __init__(self, state: dict, manager, best, steps_per_epoch: int, every_steps: int | None,
                  first_step: int = 0, on_epoch_saved: Callable[[int], None] | None = None):
@@ -67,28 +71,33 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.epoch = 0
         self.on_epoch_saved = on_epoch_saved
 
-    def _number(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+    def _number(self, epoch: int, step: int) -> int:
+        return epoch * self.steps + step
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         done = self.offset + batch + 1
+        reached("step")
         if self.every and done % self.every == 0 and done < self.steps:
             self.state["epoch"].assign(self.epoch)
             self.state["step"].assign(done)
             self.state["partial_logs"].assign(partial_logs(logs or {}))
-            self.manager.save(checkpoint_number=self._number())
+            self.manager.save(checkpoint_number=self._number(self.epoch, done))
+            reached("step-checkpoint-saved")
 
     def on_epoch_end(self, epoch, logs=None):
         self.offset = 0
+        reached("epoch-end")  # history.csv has the epoch's row; no checkpoint holds it yet
         self.state["epoch"].assign(epoch + 1)
         self.state["step"].assign(0)
         val_loss = float((logs or {}).get("val_loss", np.inf))
         if val_loss < self.state["best_val_loss"].numpy():
             self.state["best_val_loss"].assign(val_loss)
-            self.best.save(checkpoint_number=self._number())
-        self.manager.save(checkpoint_number=self._number())
+            self.best.save(checkpoint_number=self._number(epoch + 1, 0))
+            reached("best-saved")  # best/ is ahead of ckpt/
+        self.manager.save(checkpoint_number=self._number(epoch + 1, 0))
+        reached("epoch-checkpoint-saved")
         if self.on_epoch_saved:
             self.on_epoch_saved(epoch + 1)

@@ -10,17 +10,22 @@ class imbalance, a test/ folder with other classes.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from retrain.fileindex import FileIndex
 from retrain.config import CheckConfig
-from retrain.data import class_files, load_folders, readable
+from retrain.data import DECODABLE, VALIDATION_FOLDERS, class_files, describe_ignored, layout, load_folders, readable
 from retrain.errors import DatasetError
 
 IMBALANCE_WARN = 2.0  # largest class / smallest class in a split above this is reported
 SHOWN = 5  # files or groups shown per finding
+SHOWN_UNREADABLE = 100  # unreadable files named one a line, each with what is wrong
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,14 @@ def check(config: CheckConfig) -> CheckReport:
     splits = {"train": folders.train, "validation": folders.validation}
     files = {name: [(f, folders.class_names[c]) for f, c in zip(s.files, s.labels)] for name, s in splits.items()}
     unreadable = list(folders.skipped)
-    layout = "train/ + validation/" if (root / "train").is_dir() and (root / "validation").is_dir() \
-        else f"<label>/ split by path hash (--validation-split {config.validation_split})"
-    warnings = []
+    train_dir, validation_dir, _ = layout(root)
+    if validation_dir is not None:
+        shape = f"train/ + {validation_dir.name}/"
+    else:
+        shape = f"{'train/' if train_dir else ''}<label>/ split by path hash (--validation-split {config.validation_split})"
+    warnings = [describe_ignored(list(folders.ignored))] if folders.ignored else []
     if (root / "test").is_dir():
-        layout += " + test/"
+        shape += " + test/"
         found = class_files(root / "test")
         listed = [(f, name) for name, paths in found.items() for f in paths]
         ok = readable([f for f, _ in listed])
@@ -66,7 +74,7 @@ def check(config: CheckConfig) -> CheckReport:
         for _, label in listing:
             counts[name][label] = counts[name].get(label, 0) + 1
     within, across, conflicting = find_duplicates(files)
-    report = CheckReport(root, layout, folders.class_names, counts, tuple(sorted(unreadable)), within,
+    report = CheckReport(root, shape, folders.class_names, counts, tuple(sorted(unreadable)), within,
                          across, conflicting, None, warnings)
     _warn(report)
     return report
@@ -95,21 +103,58 @@ def find_duplicates(files: dict[str, list[tuple[str, str]]]):
     return sorted(within), sorted(across), sorted(conflicting)
 
 
+def why_unreadable(path: str) -> str:
+    """What is wrong with a file the pre-flight refused, and what to do about it."""
+    try:
+        found = os.stat(path)
+    except OSError as err:  # a dangling symlink, a symlink loop, a file gone since the scan
+        return f"{err.strerror.lower()}: fix the link or remove it"
+    if not stat.S_ISREG(found.st_mode):  # (not opened: a FIFO would block)
+        return "not a regular file (a FIFO, socket or device): remove it"
+    if found.st_size == 0:
+        return "an empty file: copy it again or remove it"
+    try:
+        with Image.open(path) as image:
+            if image.format not in DECODABLE:
+                return f"a {image.format} file, which TensorFlow does not decode: convert it to PNG or JPEG"
+            image.load()
+    except Image.DecompressionBombError:
+        return "its header claims more pixels than Pillow opens (a decompression bomb?): remove it"
+    except UnidentifiedImageError:
+        return "not an image file: remove it"
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        return f"damaged or truncated ({_first_line(err)}): copy it again or remove it"
+    return "damaged (its checksums fail): copy it again or remove it"
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:120]
+
+
+def shown_path(path: str) -> str:
+    """A path any terminal prints: the bytes of a name that is not UTF-8 as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _warn(report: CheckReport) -> None:
     if report.unreadable:
+        # Then a line for each file (the first SHOWN_UNREADABLE), saying what is wrong: a
+        # damaged dataset is mended file by file.
         report.warnings.append(f"{len(report.unreadable)} unreadable file(s), skipped by fit: "
-                               + _shown(report.unreadable))
+                               + _shown(report.unreadable)
+                               + "".join(f"\n  {shown_path(f)}: {why_unreadable(f)}"
+                                         for f in report.unreadable[:SHOWN_UNREADABLE]))
     if report.duplicates_across:
         report.warnings.append(f"{len(report.duplicates_across)} image(s) in more than one split "
                                "(a leak: validation and test figures come out too high): "
-                               + "; ".join(" = ".join(g) for g in report.duplicates_across[:SHOWN]))
+                               + _groups(report.duplicates_across))
     if report.duplicates_within:
         extra = sum(len(g) - 1 for g in report.duplicates_within)
         report.warnings.append(f"{extra} duplicate file(s) within a split, in {len(report.duplicates_within)} "
-                               "group(s): " + "; ".join(" = ".join(g) for g in report.duplicates_within[:SHOWN]))
+                               "group(s): " + _groups(report.duplicates_within))
     if report.conflicting_labels:
         report.warnings.append(f"{len(report.conflicting_labels)} image(s) under more than one class: "
-                               + "; ".join(" = ".join(g) for g in report.conflicting_labels[:SHOWN]))
+                               + _groups(report.conflicting_labels))
     for split, per_class in report.counts.items():
         values = list(per_class.values())
         smallest, largest = min(values), max(values)
@@ -124,15 +169,19 @@ def _refused(root: Path, reason: str) -> CheckReport:
     """What there is to show when fit would refuse: the class folders' raw file counts."""
     counts = {}
     if root.is_dir():
-        sides = [s for s in ("train", "validation", "test") if (root / s).is_dir()] or [""]
+        sides = [s for s in ("train", *VALIDATION_FOLDERS, "test") if (root / s).is_dir()] or [""]
         for side in sides:
             counts[side or "all"] = {c: len(f) for c, f in class_files(root / side).items()}
     classes = tuple(sorted({c for per_class in counts.values() for c in per_class}))
     return CheckReport(root, "", classes, counts, (), [], [], [], reason)
 
 
+def _groups(groups: list[list[str]]) -> str:
+    return "; ".join(" = ".join(map(shown_path, g)) for g in groups[:SHOWN])
+
+
 def _shown(paths) -> str:
-    paths = list(paths)
+    paths = [shown_path(p) for p in paths]
     return ", ".join(paths[:SHOWN]) + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
 
 

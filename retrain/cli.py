@@ -20,8 +20,8 @@ from pathlib import Path
 
 from retrain.config import (CHECKPOINTS, CIFAR_DATASETS, CLASS_WEIGHTS, DISTRIBUTE_MODES, EVAL_SPLITS,
                             EXPORT_FORMATS, IMAGE_FORMATS, LABEL_MODES, SCHEDULES, CheckConfig, EvaluateConfig,
-                            ExportConfig, FitConfig, LaunchConfig, PredictConfig, PrepareConfig, QuickDrawConfig,
-                            parse_class_names, parse_list)
+                            CacheConfig, ExportConfig, FitConfig, LaunchConfig, PredictConfig, PrepareConfig,
+                            QuickDrawConfig, default_run_name, parse_class_names, parse_list)
 from retrain.errors import ConfigError, RetrainError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -56,8 +56,9 @@ ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
 Distribute = _choices("Distribute", DISTRIBUTE_MODES)
 
 
-def run(job: Callable[[], T]) -> T:
-    """Run a library call; report a RetrainError as one line (exit 1, or 2 for a bad flag)."""
+def run(job: Callable[[], T], interrupted: Callable[[], str] | None = None) -> T:
+    """Run a library call; report a RetrainError, or a full disk, as one line (exit 1, or 2 for a
+    bad flag). `interrupted()`: what to tell the user after Ctrl-C (default: rerun the command)."""
     try:
         return job()
     except RetrainError as err:
@@ -68,8 +69,17 @@ def run(job: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         if _state["debug"]:
             raise
-        typer.echo("interrupted; rerun the same command to continue where it stopped", err=True)
+        typer.echo(interrupted() if interrupted else "interrupted; rerun the same command to continue "
+                   "where it stopped", err=True)
         raise typer.Exit(130) from None
+    except Exception as err:  # re-raised unless a full disk: an OSError, or TensorFlow's by name
+        from retrain.diskspace import as_disk_full
+
+        full = as_disk_full(err)
+        if full is None or _state["debug"]:
+            raise
+        typer.echo(f"error: {full}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.callback()
@@ -160,8 +170,8 @@ def _print_counts(counts: dict[str, dict[str, int]]) -> None:
 @app.command()
 def fit(
     ctx: typer.Context,
-    data: str = typer.Option(_F.data, help="Image folder: train/<label>/ + validation/<label>/, "
-                             "or <label>/ split by --validation-split."),
+    data: str = typer.Option(_F.data, help="Image folder: train/<label>/ + validation/<label>/ (or val/, "
+                             "valid/), or <label>/ split by --validation-split."),
     backbone: str = typer.Option(_F.backbone, help="A name from `retrain backbones`, or "
                                  "hub:<handle-or-SavedModel-folder>."),
     alpha: Optional[float] = typer.Option(None, help="Width multiplier (MobileNets). Default 1.0."),
@@ -194,8 +204,10 @@ def fit(
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this folder where it stopped."),
     cache: bool = typer.Option(_F.cache, "--cache/--no-cache", help="Cache the frozen part's output "
                                "(bottlenecks) and train on it."),
-    cache_dir: Optional[str] = typer.Option(None, help="Bottleneck cache root. Default: beside "
-                                            "the dataset, <data>/../.<name>-cache."),
+    cache_dir: Optional[str] = typer.Option(None, help="Bottleneck cache folder for this dataset. "
+                                            "Default: <cache home>/<data folder name>-<hash>, the home "
+                                            "$RETRAIN_CACHE_DIR, else $XDG_CACHE_HOME/retrain, else "
+                                            "~/.cache/retrain. See `retrain cache ls`."),
     cache_budget: str = typer.Option(_F.cache_budget, help="Disk allowed for phase 2's cached "
                                      "activations at the freeze point, e.g. 4G, 500M."),
     cache_views: int = typer.Option(_F.cache_views, min=0, help="With --augment: cache K augmented "
@@ -229,9 +241,21 @@ def fit(
         config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
     else:
         config = run(lambda: FitConfig(**values))
+        if config.name is None:  # named here, so that Ctrl-C can say which run to resume
+            config = dataclasses.replace(config, name=default_run_name(config.backbone))
     from retrain.train import fit as job
 
-    run(lambda: job(config, resume=resume is not None, started=started))
+    run(lambda: job(config, resume=resume is not None, started=started),
+        interrupted=lambda: _how_to_continue(Path(config.runs_dir) / config.name))
+
+
+def _how_to_continue(run_dir: Path) -> str:
+    """The line after Ctrl-C on fit: the exact command that continues the run."""
+    import shlex
+
+    if not (run_dir / "config.json").is_file():
+        return "interrupted before the run folder was made; nothing to resume: rerun the same command"
+    return f"interrupted; continue with: retrain fit --resume {shlex.quote(str(run_dir))}"
 
 
 def _resumed_config(folder: Path, overrides: dict) -> FitConfig:
@@ -310,7 +334,7 @@ def _describe_backbones(registry):
     return rows
 
 
-_CHECKPOINT_HELP = "best: the best validation loss; last: the newest checkpoint."
+_CHECKPOINT_HELP = "best: the epoch of lowest validation loss (model.keras holds it too); last: the newest checkpoint."
 
 
 @app.command()
@@ -363,7 +387,8 @@ def export(
     export_format: ExportFormat = typer.Option(_X.format, "--format", case_sensitive=False,
                                        help="savedmodel, tflite (float32) or tflite-int8 (full integer)."),
     output: Optional[str] = typer.Option(None, help="Where to write. Default: RUN/export/savedmodel, "
-                                         "RUN/export/model-float32.tflite or RUN/export/model-int8.tflite."),
+                                         "RUN/export/model-float32.tflite or RUN/export/model-int8.tflite. "
+                                         "An existing path is replaced only if retrain exported it."),
     checkpoint: Checkpoint = typer.Option(_X.checkpoint, case_sensitive=False, help=_CHECKPOINT_HELP),
     representative_images: int = typer.Option(_X.representative_images, min=1,
                                               help="tflite-int8: training images that calibrate the ranges."),
@@ -390,7 +415,7 @@ def plot(run_dir: Path = typer.Argument(..., metavar="RUN", help="A run folder m
 
 @app.command()
 def runs(runs_dir: str = typer.Option(_F.runs_dir, help="The folder holding run folders.")):
-    """One line per run: backbone, freeze point, epochs, best validation accuracy, status."""
+    """One line per run: backbone, freeze point, epochs, the best epoch's validation accuracy, status."""
     from retrain.runs import format_runs, list_runs
 
     typer.echo(format_runs(run(lambda: list_runs(runs_dir))))
@@ -419,6 +444,38 @@ def check(
         typer.echo(f"error: {len(report.warnings)} warning(s) (received: --strict); fix them or drop --strict",
                    err=True)
         raise typer.Exit(1)
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="List or clear the bottleneck cache.")
+app.add_typer(cache_app, name="cache")
+_CACHE_DIR_HELP = ("The cache home (default: $RETRAIN_CACHE_DIR, else $XDG_CACHE_HOME/retrain, else "
+                   "~/.cache/retrain), or a folder given to fit's --cache-dir.")
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: Optional[str] = typer.Option(None, help=_CACHE_DIR_HELP)):
+    """Each dataset's cache folder and its model keys: size on disk, last use, what it is for."""
+    config = run(lambda: CacheConfig(cache_dir=cache_dir))
+    from retrain.cachehome import cache_home, format_listing, list_cache
+
+    folder = Path(config.cache_dir) if config.cache_dir else cache_home()
+    typer.echo(format_listing(run(lambda: list_cache(folder)), folder))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    older_than: Optional[str] = typer.Option(None, help="Only what was not used within this age, "
+                                             "e.g. 30d, 12h, 90m. Default: everything."),
+    cache_dir: Optional[str] = typer.Option(None, help=_CACHE_DIR_HELP),
+):
+    """Delete cache entries (key folders, dataset folders); only the cache's own files, never others."""
+    config = run(lambda: CacheConfig(cache_dir=cache_dir, older_than=older_than))
+    from retrain.cachehome import cache_home, clear_cache, format_cleared
+    from retrain.config import parse_age
+
+    folder = Path(config.cache_dir) if config.cache_dir else cache_home()
+    age = parse_age(config.older_than) if config.older_than is not None else None
+    typer.echo(format_cleared(run(lambda: clear_cache(folder, age)), folder, config.older_than))
 
 
 def main() -> None:

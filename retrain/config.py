@@ -212,7 +212,8 @@ class FitConfig(_JsonMixin):
     save_every_steps: int | None = None
     init_from: str | None = None
     cache: bool = True  # bottleneck cache for the frozen part (see retrain/bottleneck.py)
-    cache_dir: str | None = None  # None: beside the dataset, <data>/../.<name>-cache
+    cache_dir: str | None = None  # None: <cache home>/<data folder name>-<hash of its path>, the home
+    #   $RETRAIN_CACHE_DIR, else $XDG_CACHE_HOME/retrain, else ~/.cache/retrain (retrain/cache.py)
     cache_budget: str = "4G"  # disk for the phase-2 boundary activations
     cache_views: int = 0  # with --augment: K cached augmented views per image (0: no cache)
     feature_shift: int = 1  # phase 2 on cached activations: shift each map by up to N cells
@@ -328,16 +329,33 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 def parse_duration(text: str) -> float:
     """'90s', '10m', '1.5h', '600' (seconds) -> seconds, above 0."""
-    value = str(text).strip().lower()
-    unit = value[-1:] if value[-1:] in _SECONDS else ""
-    try:
-        seconds = float(value[:-1] if unit else value) * _SECONDS.get(unit, 1)
-    except ValueError:
-        seconds = math.nan
+    seconds = _seconds(text, _SECONDS)
     if not 0 < seconds < math.inf:
         raise ConfigError("--time-budget must be a duration such as 10m, 90s or 1.5h", text,
                           "pass a number above 0 with an optional s, m or h")
     return seconds
+
+
+_AGE_SECONDS = {**_SECONDS, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '90m', '2w', '0' -> seconds, 0 or more (an age, as --older-than takes it)."""
+    seconds = _seconds(text, _AGE_SECONDS)
+    if not 0 <= seconds < math.inf:
+        raise ConfigError("--older-than must be an age such as 30d, 12h or 90m", text,
+                          "pass a number of 0 or more with an optional s, m, h, d or w")
+    return seconds
+
+
+def _seconds(text: str, units: dict[str, int]) -> float:
+    """A number with an optional unit suffix -> seconds; NaN when it is not one."""
+    value = str(text).strip().lower()
+    unit = value[-1:] if value[-1:] in units else ""
+    try:
+        return float(value[:-1] if unit else value) * units.get(unit, 1)
+    except ValueError:
+        return math.nan
 
 
 def parse_list(text: str | None) -> tuple[str, ...]:
@@ -449,3 +467,15 @@ class CheckConfig(_JsonMixin):
         if not 0 < self.validation_split < 1:
             raise ConfigError("--validation-split must be between 0 and 1", self.validation_split,
                               "pass for example 0.2")
+
+
+@dataclass(frozen=True)
+class CacheConfig(_JsonMixin):
+    """Settings of `retrain cache ls` and `retrain cache clear`."""
+
+    cache_dir: str | None = None  # None: the cache home (retrain/cache.py's cache_home)
+    older_than: str | None = None  # clear: only what was not used within this age; None: all
+
+    def __post_init__(self):
+        if self.older_than is not None:
+            parse_age(self.older_than)

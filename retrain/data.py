@@ -2,7 +2,8 @@
 
 Scanning and checking need no TensorFlow, so a bad folder is reported before anything heavy
 loads. Layouts: `DIR/train/<label>/` + `DIR/validation/<label>/` (what prepare-cifar writes;
-`DIR/test/` is left for evaluation), or one `DIR/<label>/` tree split by a hash of each
+`val/` or `valid/` instead of `validation/` as other tools write; `DIR/test/` is left for
+evaluation), or one `DIR/<label>/` tree (or `DIR/train/<label>/` alone) split by a hash of each
 file's relative path, so an image stays on its side when others are added (as retrain.py did).
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -45,6 +48,7 @@ class ImageFolders:
     train: Split
     validation: Split
     skipped: tuple[str, ...]  # unreadable files, left out
+    ignored: tuple[Path, ...] = ()  # sibling folders of train/ that are no split fit reads
 
     @property
     def num_classes(self) -> int:
@@ -61,10 +65,16 @@ def _class_files(folder: Path, root: Path) -> dict[str, list[tuple[str, str]]]:
         for dirpath, dirnames, filenames in os.walk(folder / name):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             relative = Path(dirpath).relative_to(root).as_posix()
-            files += [(os.path.join(dirpath, f), f"{relative}/{f}") for f in sorted(filenames)
+            files += [(os.path.join(dirpath, f), _hashable(f"{relative}/{f}")) for f in sorted(filenames)
                       if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
         found[name] = files
     return found
+
+
+def _hashable(relative: str) -> str:
+    """`relative`, with the bytes of a name that is not UTF-8 (surrogate escapes) as \\xNN:
+    the split hashes UTF-8, and other names keep the side they always had."""
+    return relative if relative.isascii() else os.fsencode(relative).decode("utf-8", "backslashreplace")
 
 
 def class_files(folder: Path) -> dict[str, list[str]]:
@@ -78,21 +88,41 @@ def readable(files: list[str], index: FileIndex | None = None) -> list[bool]:
     return [size is not None for size in image_sizes(files, index)]
 
 
+# The EXIF orientation (2-8) of each JPEG `image_sizes` found stored turned or mirrored, by
+# path. The pipelines turn such an image upright as predict does (PIL.ImageOps.exif_transpose),
+# so a phone photo is trained on as it is shown. Kept by path, not in Split: a split's files
+# are regrouped into new Splits downstream (bottleneck extraction) by their paths alone.
+_ORIENTATIONS: dict[str, int] = {}
+
+
 def image_sizes(files: list[str], index: FileIndex | None = None) -> list[tuple[int, int] | None]:
-    """Each file's (height, width) when TensorFlow can decode it, else None; as `readable`."""
-    found = (index or FileIndex(None)).facts([str(f) for f in files], "image", _image_size)
-    return [tuple(size) if size else None for size in found]
+    """Each file's (height, width) as shown (after its EXIF orientation) when TensorFlow can
+    decode it, else None; as `readable`."""
+    # "image2": [height, width, orientation]; "image" facts held the stored [height, width].
+    found = (index or FileIndex(None)).facts([str(f) for f in files], "image2", _image_size)
+    for path, fact in zip(files, found):
+        if fact and fact[2] != 1:
+            _ORIENTATIONS[str(path)] = fact[2]
+        else:  # (an image since replaced by an upright one)
+            _ORIENTATIONS.pop(str(path), None)
+    return [tuple(fact[:2]) if fact else None for fact in found]
 
 
 def _image_size(path: str) -> list[int] | None:
-    """[height, width] from the header when a cheap check says TensorFlow can decode the file:
+    """[height, width, orientation] when a cheap check says TensorFlow can decode the file:
     its header parses; PNG and GIF chunks verify; a JPEG ends with its end-of-image marker,
-    or else decodes in full. Catches empty, truncated and mislabelled files: None."""
+    or else decodes in full. Height and width are as shown, after the JPEG's EXIF orientation
+    (1-8; 1 for other formats). Catches empty, truncated, mislabelled and special files and
+    decompression bombs (a header claiming more pixels than Pillow allows): None."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # open() on a FIFO waits for a writer
+            return None
         with Image.open(path) as image:
             if image.format not in DECODABLE:
                 return None
-            size = [image.height, image.width]
+            orientation = image.getexif().get(0x0112, 1) if image.format == "JPEG" else 1
+            orientation = orientation if orientation in range(1, 9) else 1
+            size = [image.height, image.width][::-1 if orientation >= 5 else 1] + [orientation]
             image.verify()
         if image.format == "JPEG":
             with open(path, "rb") as f:
@@ -101,7 +131,7 @@ def _image_size(path: str) -> list[int] | None:
                     with Image.open(path) as full:
                         full.load()
         return size
-    except (OSError, SyntaxError, ValueError, EOFError):
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None
 
 
@@ -117,23 +147,53 @@ def _to_split(pairs: list[tuple[str, int]], sizes: dict[str, tuple[int, int]]) -
                  shapes.pop() if len(shapes) == 1 else None)
 
 
-def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex | None = None) -> ImageFolders:
+# Folder names of the validation split beside train/: ours and Keras' (validation), torchvision
+# ImageFolder sets' and Imagenette's (val), fastai's (valid). test/ is evaluate's.
+VALIDATION_FOLDERS = ("validation", "val", "valid")
+TEST_FOLDER = "test"
+
+
+def layout(root: Path) -> tuple[Path | None, Path | None, list[Path]]:
+    """-> (train/ or None for a single <label>/ tree, its validation folder or None, the
+    sibling folders neither fit nor evaluate reads, which callers report)."""
+    if not (root / "train").is_dir():
+        return None, None, []
+    found = [root / name for name in VALIDATION_FOLDERS if (root / name).is_dir()]
+    if len(found) > 1:
+        raise DatasetError("the data has more than one validation folder",
+                           ", ".join(f"{f.name}/" for f in found), "keep one of them (rename or move the others)")
+    used = {"train", TEST_FOLDER, *(f.name for f in found)}
+    others = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name not in used and not p.name.startswith(".")]
+    return root / "train", (found[0] if found else None), others
+
+
+def describe_ignored(folders: list[Path]) -> str:
+    names = ", ".join(f"{f.name}/" for f in folders)
+    return (f"ignoring {names} beside train/: fit reads train/ and one of "
+            f"{', '.join(f'{n}/' for n in VALIDATION_FOLDERS)}; evaluate reads {TEST_FOLDER}/")
+
+
+def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex | None = None,
+                 keep_out: Iterable[str] = ()) -> ImageFolders:
     """Scan, split and check an image folder; one clear DatasetError for what would fail later.
 
-    `index` remembers which files were readable, so a rerun over unchanged files is cheap."""
+    `index` remembers which files were readable, so a rerun over unchanged files is cheap.
+    `keep_out`: paths relative to the folder to leave out as if unreadable (a resumed run's
+    files skipped when it began)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError("the data folder does not exist", str(root),
                            "pass --data with a folder of <label>/ or train/<label>/ subfolders")
-    if (root / "train").is_dir() and (root / "validation").is_dir():
-        sides = {side: {name: [path for path, _ in files] for name, files in
-                        _class_files(root / side, root).items()} for side in ("train", "validation")}
+    train_dir, validation_dir, ignored = layout(root)
+    if validation_dir is not None:
+        sides = {side: {name: [path for path, _ in files] for name, files in _class_files(folder, root).items()}
+                 for side, folder in (("train", train_dir), ("validation", validation_dir))}
         lacking = set(sides["train"]) ^ set(sides["validation"])
         if lacking:
-            raise DatasetError("train/ and validation/ must hold the same classes; only one has",
+            raise DatasetError(f"train/ and {validation_dir.name}/ must hold the same classes; only one has",
                                ", ".join(sorted(lacking)), "add the missing class folders or remove them")
     else:
-        tree = _class_files(root / "train" if (root / "train").is_dir() else root, root)
+        tree = _class_files(train_dir or root, root)
         sides = {"train": {c: [] for c in tree}, "validation": {c: [] for c in tree}}
         for name, files in tree.items():
             for path, relative in files:
@@ -144,7 +204,8 @@ def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex
                            "add a subfolder of images for each class")
     every = [f for side in sides.values() for files in side.values() for f in files]
     sizes = dict(zip(every, image_sizes(every, index)))
-    bad = {f for f, size in sizes.items() if size is None}
+    kept_out = {os.path.normpath(root / f) for f in keep_out}
+    bad = {f for f, size in sizes.items() if size is None or os.path.normpath(f) in kept_out}
     pairs = {side: [(f, i) for i, n in enumerate(names) for f in sides[side][n] if f not in bad]
              for side in sides}
     for side, listing in pairs.items():
@@ -155,7 +216,7 @@ def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex
                                "add images to them" + (", or raise --validation-split"
                                                        if side == "validation" else ""))
     return ImageFolders(root, names, _to_split(pairs["train"], sizes), _to_split(pairs["validation"], sizes),
-                        tuple(sorted(bad)))
+                        tuple(sorted(bad)), tuple(ignored))
 
 
 def describe_skipped(skipped: tuple[str, ...]) -> str:
@@ -185,11 +246,12 @@ def image_channels(data: ImageFolders, sample: int = 64) -> int:
 
 
 def _loader(image_size: int, num_classes: int | None, channels: int = 3):
-    """(path, label) -> (image float32 0-255, label one-hot; or as it is for num_classes None)."""
+    """(path, label, orientation) -> (image float32 0-255, label one-hot; or as it is for
+    num_classes None)."""
     import tensorflow as tf
 
-    def load(path, label):
-        image, label = _decoded(path, label, num_classes, channels)
+    def load(path, label, orientation):
+        image, label = _decoded(path, label, num_classes, channels, orientation)
         image = tf.image.resize(image, (image_size, image_size))  # float32, still 0-255
         image.set_shape((image_size, image_size, channels))
         return image, label
@@ -197,18 +259,38 @@ def _loader(image_size: int, num_classes: int | None, channels: int = 3):
     return load
 
 
-def _decoded(path, label, num_classes: int | None, channels: int):
-    """(path, label) -> (the file's image, uint8 at its own size; label one-hot, or as it is)."""
+def _decoded(path, label, num_classes: int | None, channels: int, orientation):
+    """(path, label, EXIF orientation) -> (the file's image, uint8 at its own size, upright;
+    label one-hot, or as it is)."""
     import tensorflow as tf
 
     image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-    return image, label if num_classes is None else tf.one_hot(label, num_classes)
+    return _upright(image, orientation), label if num_classes is None else tf.one_hot(label, num_classes)
+
+
+# (transpose, reverse the rows, reverse the columns) that undo EXIF orientation 0-8 (0 and 1:
+# upright) as PIL.ImageOps.exif_transpose does: 6, for one, is turned 90 degrees clockwise.
+_UPRIGHT = [[False] * 3, [False] * 3, [False, False, True], [False, True, True], [False, True, False],
+            [True, False, False], [True, False, True], [True, True, True], [True, True, False]]
+
+
+def _upright(image, orientation):
+    """The image as shown, its EXIF orientation undone. Table lookups, not tf.switch_case:
+    8 branches made a pipeline of 32 px PNGs resized to 96 px 3x slower; this costs ~7%."""
+    import tensorflow as tf
+
+    flags = tf.gather(tf.constant(_UPRIGHT), orientation)
+    image = tf.transpose(image, tf.where(flags[0], [1, 0, 2], [0, 1, 2]))
+    return tf.raw_ops.Reverse(tensor=image, dims=tf.concat([flags[1:], [False]], 0))
 
 
 def _files_dataset(split: Split):
+    """(path, label, EXIF orientation) per file. Paths go as bytes: a name that is not UTF-8
+    (a surrogate escape in Python) has no string tensor."""
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((list(split.files), split.labels))
+    return tf.data.Dataset.from_tensor_slices(([os.fsencode(f) for f in split.files], split.labels,
+                                               [_ORIENTATIONS.get(str(f), 1) for f in split.files]))
 
 
 def shard_by_data(ds):
@@ -244,8 +326,8 @@ def _batch_loader(shape: tuple[int, int], image_size: int, num_classes: int | No
     A file of another shape raises tf.errors.InvalidArgumentError."""
     import tensorflow as tf
 
-    def decode(path, label):
-        image, label = _decoded(path, label, num_classes, channels)
+    def decode(path, label, orientation):
+        image, label = _decoded(path, label, num_classes, channels, orientation)
         return tf.ensure_shape(image, (*shape, channels)), label
 
     def resize(images, labels):
@@ -288,9 +370,21 @@ def train_dataset(split: Split, num_classes: int, image_size: int, batch_size: i
         if epoch == first_epoch and skip_batches:
             one = one.skip(skip_batches * batch_size)
         # Batch within the epoch, so no batch straddles two epochs.
-        one = one.map(load, num_parallel_calls=PARALLEL_CALLS).ignore_errors().batch(batch_size)
+        # No ignore_errors(): a dropped file would shift every later batch of the run. The
+        # pre-flight check decided what is skipped; a file that fails here stops the run.
+        one = one.map(load, num_parallel_calls=PARALLEL_CALLS).batch(batch_size)
         ds = one if ds is None else ds.concatenate(one)
     return shard_by_data(_fixed(ds))
+
+
+def undecodable(split: Split, image_size: int, channels: int = 3) -> list[str]:
+    """The split's files TensorFlow's decoder fails on (after the pre-flight check passed
+    them): what to name when a training pipeline stops on one."""
+    numbered = Split(split.files, np.arange(len(split.files), dtype=np.int64))
+    seen = np.zeros(len(split.files), dtype=bool)
+    for _, positions in eval_dataset(numbered, None, image_size, 256, channels).as_numpy_iterator():
+        seen[positions] = True
+    return [split.files[i] for i in np.flatnonzero(~seen)]
 
 
 def steps_per_epoch(split: Split, batch_size: int) -> int:

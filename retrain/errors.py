@@ -39,3 +39,11 @@ class CheckpointError(RetrainError):
 
 class DistributeError(RetrainError):
     """A cluster set-up (TF_CONFIG) that distributed training cannot run with."""
+
+
+class CacheError(RetrainError):
+    """A cache folder that cannot be made or written, or a cache command's bad target."""
+
+
+class DiskFullError(RetrainError):
+    """A disk with no room left for what a command writes (ENOSPC, a quota): free space and rerun."""

@@ -194,7 +194,7 @@ def _write_misclassified(path: Path, files: list[str], truth: np.ndarray, probs:
     for i in wrong:
         writer.writerow([files[i], labels[truth[i]], labels[predicted[i]], f"{probs[i, predicted[i]]:.6f}"])
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text.getvalue())
+    tmp.write_text(text.getvalue(), errors="surrogateescape")  # a name that is not UTF-8: its own bytes
     os.replace(tmp, path)
 
 

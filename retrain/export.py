@@ -42,14 +42,20 @@ def export(config: ExportConfig) -> Path:
         fit_config, _, _ = read_run(Path(config.run))
         representative = representative_files(fit_config.data, fit_config.validation_split,
                                               config.representative_images, config.seed)
-    loaded = load_model(config.run, config.checkpoint)
     path = config.output_path
+    inside_run = _inside(path, Path(config.run))
+    targets = [path] if config.format == "savedmodel" else [path, path.parent / "labels.txt"]
+    for target in targets:  # before the model loads: a refusal costs nothing
+        refuse_foreign(target, inside_run)
+    loaded = load_model(config.run, config.checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     if config.format == "savedmodel":
         write_savedmodel(loaded, path)
     else:
         write_tflite(loaded, path, representative)
+        _mark(path)
         atomic_write(path.parent / "labels.txt", _labels_text(loaded.labels))
+        _mark(path.parent / "labels.txt")
     say(f"exported {config.format} ({size_on_disk(path) / 2**20:.2f} MiB) to {path}")
     return path
 
@@ -78,11 +84,14 @@ def write_savedmodel(loaded: LoadedRun, path: Path) -> None:
             return {"probabilities": self.model(tf.cast(images, tf.float32), training=False)}
 
     module = Serving(loaded.model)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
-    (tmp / "labels.txt").write_text(_labels_text(loaded.labels))
-    _replace_folder(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a name only this process uses
+    try:
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        (tmp / "labels.txt").write_text(_labels_text(loaded.labels))
+        _mark(tmp)
+        _replace_folder(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_tflite(loaded: LoadedRun, path: Path, representative: Split | None) -> None:
@@ -103,9 +112,12 @@ def write_tflite(loaded: LoadedRun, path: Path, representative: Split | None) ->
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         flat = converter.convert()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(flat)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(flat)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     if representative is not None:
         scale, zero = TFLiteClassifier(path).input["quantization"]
         if (scale, zero) != (1.0, 0):
@@ -125,11 +137,37 @@ def _labels_text(labels: tuple[str, ...]) -> str:
     return "".join(f"{name}\n" for name in labels)
 
 
+# What export writes carries this marker (a file inside a SavedModel folder; `.NAME` + it beside
+# a file), so a later export replaces its own earlier output and never a user's file or folder.
+MARKER = ".retrain-export"
+
+
+def _marker(path: Path) -> Path:
+    return path / MARKER if path.is_dir() else path.with_name(f".{path.name}{MARKER}")
+
+
+def _mark(path: Path) -> None:
+    atomic_write(_marker(path), "written by `retrain export`; the next export may replace it\n")
+
+
+def _inside(path: Path, run: Path) -> bool:
+    return path.resolve().is_relative_to((run / "export").resolve())
+
+
+def refuse_foreign(path: Path, inside_run: bool) -> None:
+    """Refuse to replace what is at `path` unless an earlier export wrote it (its marker), or
+    it is in the run's own export/ folder (exports made before the marker existed)."""
+    if not (path.exists() or path.is_symlink()) or inside_run or _marker(path).is_file():
+        return
+    kind = "folder" if path.is_dir() else "file"
+    raise ConfigError(f"--output names an existing {kind} that retrain did not export", str(path),
+                      "pass a new path (export replaces only its own earlier output), or move it away")
+
+
 def _replace_folder(new: Path, path: Path) -> None:
     """Put folder `new` at `path`; an old one is moved aside first and removed after, so `path`
     holds either the old export or the new one, never a mixture."""
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
     if path.exists():
         os.replace(path, old)
     os.replace(new, path)

@@ -34,8 +34,13 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
-def _stamp(path: str) -> list[int]:
-    st = os.stat(path)
+def _stamp(path: str) -> list[int] | None:
+    """[size, mtime, ctime] of what `path` names; None when stat fails (a dangling symlink, a
+    symlink loop, a file gone since the scan): its facts are computed each time, never kept."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -74,7 +79,7 @@ class FileIndex:
             racy = time.time_ns() - int(RACY_SECONDS * 1e9)
             for i, value in zip(missing, found):
                 values[i] = value
-                if stamps[i][1] < racy and stamps[i][2] < racy:
+                if stamps[i] is not None and stamps[i][1] < racy and stamps[i][2] < racy:
                     self.entries[keys[i]][fact] = value
             self.learned += len(missing)
             self._save()
@@ -85,5 +90,8 @@ class FileIndex:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_path(self.path)
-        tmp.write_text(json.dumps({k: v for k, v in self.entries.items() if len(v) > 1}))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps({k: v for k, v in self.entries.items() if len(v) > 1}))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary

@@ -2,8 +2,9 @@
 
 Any image Pillow reads (grayscale, RGBA, palette GIF, 16-bit PNG, TIFF, WebP, any size) is
 made RGB as TensorFlow's decoder makes it in training (alpha dropped, a GIF's first frame,
-16-bit reduced to its top 8 bits), then resized by `tf.image.resize` (bilinear), the same
-call the training pipeline makes. A missing path or an unreadable file becomes a result with
+16-bit reduced to its top 8 bits) and, a JPEG, turned upright by its EXIF orientation as the
+training pipeline turns it; then resized by `tf.image.resize` (bilinear), the same call the
+training pipeline makes. A missing path or an unreadable file becomes a result with
 an error; the other images are still classified.
 """
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from retrain.config import PredictConfig
 from retrain.errors import DatasetError
@@ -53,8 +55,8 @@ def predict(config: PredictConfig) -> list[Prediction]:
                 try:
                     batch.append((i, load_image(Path(path), loaded.image_size, loaded.channels)))
                 except UNREADABLE as err:
-                    error = str(DatasetError(f"cannot read this image: {_first_line(err)}", path,
-                                             "pass a file Pillow can open"))
+                    error = _printable(str(DatasetError(f"cannot read this image: {_first_line(err)}", path,
+                                                        "pass a file Pillow can open")))
             if error is not None:
                 results[i] = Prediction(path, error=error)
             if len(batch) == config.batch_size:
@@ -78,7 +80,7 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[tuple[str, str | None]]:
                      and not any(part.startswith(".") for part in Path(d).relative_to(path).parts)]
             none = DatasetError("no image files in the folder", given, "pass image files or a folder of them")
             found += [(str(f), None) for f in files] or [(given, str(none))]
-        elif path.is_file():
+        elif path.exists():  # a file, or a FIFO or device that load_image refuses
             found.append((given, None))
         else:
             found.append((given, str(DatasetError("no such file or folder", given, "check the path"))))
@@ -90,9 +92,12 @@ def load_image(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
     in training (channels 1: grayscale, for networks trained on grayscale data)."""
     import tensorflow as tf
 
+    if not stat.S_ISREG(os.stat(path).st_mode):  # open() on a FIFO waits for a writer
+        raise OSError("not a regular file (a FIFO, socket or device)")
     with Image.open(path) as image:
         image.load()
-        rgb = to_rgb(image)
+        # Upright, as the training pipeline turns a JPEG by its EXIF orientation (retrain/data.py).
+        rgb = to_rgb(ImageOps.exif_transpose(image) if image.format == "JPEG" else image)
         pixels = np.asarray(rgb) if channels == 3 else np.asarray(rgb.convert("L"))[..., None]
     return tf.image.resize(pixels, (image_size, image_size)).numpy()
 
@@ -105,6 +110,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # (P -> RGB directly warns about the transparency)
     return image.convert("RGB")
+
+
+def _printable(text: str) -> str:
+    """`text` with the bytes of a file name that is not UTF-8 (surrogate escapes) as \\xNN."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 def _first_line(err: Exception) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from retrain.config import PrepareConfig, unsafe_folder_names
+from retrain.diskspace import FULL_ERRNOS, disk_full
 from retrain.download import fetch, is_url, md5sum
 from retrain.errors import DatasetError, DownloadError
 from retrain.progress import bar, say
@@ -194,20 +195,28 @@ def write_split(out: Path, split: str, images, labels, indices, names, fmt: str,
     tmp, final, old = out / f".{split}.tmp", out / split, out / f".{split}.old"
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
-    for name in names:
-        (tmp / name).mkdir(parents=True)
     numbers = indices if file_numbers is None else np.asarray(file_numbers)[indices]
     paths = [str(tmp / names[labels[i]] / f"{n:0{digits}d}.{fmt}") for i, n in zip(indices, numbers)]
     chunk = 500
     jobs = [(images[indices[s:s + chunk]], paths[s:s + chunk], fmt) for s in range(0, len(paths), chunk)]
-    with bar(f"write {split}", len(paths)) as b:
-        if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                for n in pool.map(_write_chunk, jobs):
-                    b.advance(n)
-        else:
-            for job in jobs:
-                b.advance(_write_chunk(job))
+    try:
+        for name in names:
+            (tmp / name).mkdir(parents=True)
+        with bar(f"write {split}", len(paths)) as b:
+            if workers > 1 and len(jobs) > 1:
+                with ProcessPoolExecutor(workers) as pool:
+                    for n in pool.map(_write_chunk, jobs):
+                        b.advance(n)
+            else:
+                for job in jobs:
+                    b.advance(_write_chunk(job))
+    except BaseException as err:
+        # The free space is told as it was when the disk filled, before half a split is removed.
+        full = disk_full(out, cause=err.strerror) if isinstance(err, OSError) and err.errno in FULL_ERRNOS else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from None
+        raise
     if final.exists():
         final.rename(old)
     tmp.rename(final)
@@ -218,8 +227,11 @@ def write_split(out: Path, split: str, images, labels, indices, names, fmt: str,
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --- the job ----------------------------------------------------------------------------------

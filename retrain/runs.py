@@ -19,14 +19,14 @@ from retrain.errors import CheckpointError, RetrainError
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One line of `retrain runs`."""
+    """One line of `retrain runs`; its accuracy is the best epoch's (lowest validation loss)."""
 
     name: str
     backbone: str
     freeze: str  # e.g. "auto: 12/12 layers"
     epochs_done: int  # rows in history.csv
     epochs_planned: int
-    best_val_accuracy: float | None
+    best_val_accuracy: float | None  # of the best epoch: the lowest validation loss
     status: str  # finished | resumable | empty | broken (config.json without the other records)
 
 
@@ -46,12 +46,39 @@ def summarize(run: Path) -> RunSummary:
     except (OSError, ValueError, RetrainError):  # killed while being created, or hand-edited
         return RunSummary(run.name, "?", "?", len(history(run)), 0, None, "broken")
     rows = history(run)
-    accuracies = [float(r["val_accuracy"]) for r in rows if r.get("val_accuracy")]
+    best = best_epoch(rows)
     frozen, layers = facts.get("freeze_layers"), facts.get("backbone_layers")
     fine_tunes = frozen is not None and layers is not None and frozen < layers
     return RunSummary(run.name, config.backbone, f"{config.freeze}: {frozen}/{layers} layers",
                       len(rows), config.epochs + (config.fine_tune_epochs if fine_tunes else 0),
-                      max(accuracies) if accuracies else None, status(run))
+                      best.val_accuracy if best else None, status(run))
+
+
+@dataclass(frozen=True)
+class BestEpoch:
+    """The epoch "best" means everywhere: the lowest validation loss. best/ holds its weights,
+    model.keras too, and evaluate, predict and export use them unless told otherwise."""
+
+    epoch: int  # counted from 1
+    epochs: int  # logged in all
+    val_loss: float
+    val_accuracy: float
+
+
+def best_epoch(rows: list[dict[str, str]]) -> BestEpoch | None:
+    """The row of lowest val_loss (the first of equal ones, as best/ keeps it), or None."""
+    scored = [(float(r["val_loss"]), i, r) for i, r in enumerate(rows) if r.get("val_loss")]
+    if not scored:
+        return None
+    loss, i, row = min(scored, key=lambda t: (t[0], t[1]))
+    return BestEpoch(i + 1, len(rows), loss, float(row.get("val_accuracy") or "nan"))
+
+
+def describe_best(best: BestEpoch | None) -> str:
+    if best is None:
+        return "no epoch was validated"
+    return (f"best epoch {best.epoch} of {best.epochs} (lowest validation loss, {best.val_loss:.4f}): "
+            f"validation accuracy {best.val_accuracy:.4f}")
 
 
 def status(run: Path) -> str:
@@ -87,7 +114,7 @@ def format_runs(runs: list[RunSummary]) -> str:
     if not runs:
         return "no runs"
     width = max(len("name"), *(len(r.name) for r in runs))
-    lines = [f"{'name':<{width}}  {'backbone':<20} {'freeze':<24} {'epochs':>7} {'best val acc':>12}  status"]
+    lines = [f"{'name':<{width}}  {'backbone':<20} {'freeze':<24} {'epochs':>7} {'val acc':>12}  status"]
     for r in runs:
         best = f"{r.best_val_accuracy:.4f}" if r.best_val_accuracy is not None else "-"
         lines.append(f"{r.name:<{width}}  {r.backbone:<20} {r.freeze:<24} "

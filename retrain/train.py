@@ -7,6 +7,7 @@ backbone -> phase 2: fine-tune above the freeze point at a lower learning rate -
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -21,14 +22,16 @@ import numpy as np
 from retrain import checkpoints as ckpts
 from retrain import distribute
 from retrain.backbones import check_alpha, check_image_size, check_weights, get_spec
-from retrain.cache import default_cache_dir
+from retrain.cache import default_cache_dir, open_cache_dir
 from retrain.config import (HEAD_RATE, HEAD_RATE_STEPS, FitConfig, default_run_name, head_learning_rate,
                             parse_duration, parse_size)
-from retrain.data import (ImageFolders, class_weights, describe_skipped, eval_dataset, image_channels,
-                          load_folders, steps_per_epoch, train_dataset)
-from retrain.errors import BackboneError
+from retrain.data import (SHOWN_SKIPPED, ImageFolders, class_weights, describe_ignored, describe_skipped,
+                          eval_dataset, image_channels, load_folders, steps_per_epoch, train_dataset, undecodable)
+from retrain.errors import BackboneError, DatasetError
+from retrain.faultpoints import reached
 from retrain.fileindex import FileIndex
 from retrain.plots import write_curves
+from retrain.runs import BestEpoch, best_epoch, describe_best, history
 from retrain.progress import say
 
 
@@ -69,13 +72,22 @@ def fit(config: FitConfig, resume: bool = False, started: float | None = None) -
         raise BackboneError("the weights file does not exist", config.weights,
                             "pass --weights imagenet, none, or the path of a .h5 file")
     cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.data)
-    index = FileIndex(cache_root / "files.json" if config.cache else None)
-    data = load_folders(config.data, config.validation_split, index)
-    if data.skipped:
-        say(describe_skipped(data.skipped))
+    index = FileIndex(open_cache_dir(cache_root, config.data) if config.cache else None)
+    facts = {}
     if resume:
         saved, saved_labels, facts = ckpts.read_run(run)
+    # The files skipped when the run began stay out of it, so that its epochs stay the same.
+    data = load_folders(config.data, config.validation_split, index, keep_out=facts.get("skipped_files") or ())
+    if data.skipped:
+        say(describe_skipped(data.skipped))
+    if data.ignored:
+        say(describe_ignored(list(data.ignored)))
+    reached("preflight-done")
+    if resume:
         ckpts.check_resume(saved, config, saved_labels, data.class_names)
+        if facts.get("train_images") not in (None, len(data.train.files)):
+            say(f"note: the run began with {facts['train_images']:,} training images and {config.data} now has "
+                f"{len(data.train.files):,}: epochs from here differ from an uninterrupted run's")
 
     if config.distribute == "multi-worker":
         distribute.read_cluster()  # a missing TF_CONFIG is an error before TensorFlow loads
@@ -94,31 +106,38 @@ def fit(config: FitConfig, resume: bool = False, started: float | None = None) -
         say(dist.describe(config.batch_size))
     # The chief writes the run folder; other workers write the same files to a temporary one.
     out = distribute.output_folder(dist, run)
+    locks = contextlib.ExitStack()  # the run folder's lock, taken by _train, held to the end
     try:
         trainer = _train(config, resume, run, out, dist, spec, alpha, image_size, channels, data,
-                         facts if resume else {}, cache_root, index, started)
+                         facts, cache_root, index, started, locks)
+        best = trainer.restore_best()
         tmp = out / ".model.tmp.keras"
-        trainer.model.save(tmp)  # on every worker: saving may take part in collective ops
-        os.replace(tmp, out / "model.keras")
+        try:
+            trainer.model.save(tmp)  # on every worker: saving may take part in collective ops
+            reached("model-written")  # the whole model is in the temporary file, not yet in place
+            os.replace(tmp, out / "model.keras")
+        finally:
+            tmp.unlink(missing_ok=True)
         write_curves(out)
-        best = trainer.best_val_accuracy()
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as err:
         if not dist.multi_worker:
             raise
         raise distribute.peer_failure(err, run) from err
     finally:
+        locks.close()
         if out != run:
             shutil.rmtree(out, ignore_errors=True)
     model_path = run / "model.keras"
-    say(f"done: best validation accuracy {best:.4f}; model saved to {model_path}"
-        + ("" if dist.is_chief else " by the chief"))
-    return FitResult(run, model_path, best, trainer.epochs_done, trainer.cache_computed)
+    say(f"done: {describe_best(best)}; model saved to {model_path}" + ("" if dist.is_chief else " by the chief"))
+    return FitResult(run, model_path, best.val_accuracy if best else float("nan"), trainer.epochs_done,
+                     trainer.cache_computed)
 
 
 def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, alpha, image_size: int,
            channels: int, data: ImageFolders, facts: dict, cache_root: Path, index: FileIndex,
-           started: float) -> "_Trainer":
-    """Build the model in the strategy's scope and train it; -> the trainer, done."""
+           started: float, locks: contextlib.ExitStack) -> "_Trainer":
+    """Build the model in the strategy's scope and train it, holding the run folder's lock
+    (`locks`, which the caller releases); -> the trainer, done."""
     import keras
     import tensorflow as tf
 
@@ -136,6 +155,7 @@ def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, al
                      "channels": channels,
                      "train_images": len(data.train.files),
                      "validation_images": len(data.validation.files),
+                     "skipped_files": [os.path.relpath(f, data.root) for f in data.skipped],
                      "deterministic": config.deterministic,
                      "tensorflow": tf.__version__, "keras": keras.__version__}
         say(f"freeze: {facts['freeze_layers']} of {len(layer_names)} backbone layers "
@@ -146,12 +166,17 @@ def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, al
             models.load_weights_file(backbone, spec, config.weights_path)
         model = models.build_classifier(spec, backbone, data.num_classes, image_size,
                                         config.dropout_rate, config.augment, config.seed)
+        if resume and out == run:  # the chief's: the one process that writes the run folder
+            locks.enter_context(ckpts.run_lock(run))
         # Every worker resumes from the chief's run folder (shared storage across hosts).
-        prefix = ckpts.latest(run / "ckpt") if resume else None
+        prefix = ckpts.latest(run / "ckpt", repair=out == run) if resume else None
         if config.init_from and prefix is None:  # also a resume killed before its first checkpoint
             _init_weights(model, backbone, Path(config.init_from))
         if not resume:  # only now: a bad weights file or --init-from leaves no run behind
             ckpts.create_run(out, config, data.class_names, facts)
+            if out == run:
+                locks.enter_context(ckpts.run_lock(run))
+            reached("run-created")
         # A network trained from scratch has no features worth a head-only phase.
         single_phase = spec.from_scratch and facts["freeze_layers"] == 0
         trainer = _Trainer(config, out, model, backbone, data, image_size, facts["freeze_layers"],
@@ -240,11 +265,14 @@ class _Trainer:
         # Rows written after the checkpoint (the CSV logger runs before the saver) go.
         ckpts.truncate_history(self.run_dir / "history.csv", state["epoch"] if state else 0)
         self.epochs_done = state["epoch"] if state else 0
+        if state:  # the weights first: the cache below is filled by them, and keyed by what they came from
+            ckpts.restore_weights(self.model, self.backbone, prefix).expect_partial()
         if state is None or state["phase"] == 1:
             start, step = (state["epoch"], state["step"]) if state else (0, 0)
             self._compile(1, 0 if self.single_phase else self.backbone_layers, *self._head_rate())
             if state is None and self.head_only:  # phase 1 from its start: on every worker alike
                 ckpts.save_frozen(self.run_dir, self.backbone)
+                reached("frozen-saved")
             if state:
                 if self.head_only:
                     ckpts.restore_frozen(self.backbone, prefix)
@@ -255,6 +283,7 @@ class _Trainer:
             phase1_end = state["phase_start"]
         if not self._fine_tunes():
             return
+        reached("phase-switch")
         self._compile(2, self.freeze_layers, self.config.fine_tune_learning_rate)
         start, step = phase1_end, 0
         if state and state["phase"] == 2:
@@ -361,7 +390,7 @@ class _Trainer:
             self.data.train, self.data.num_classes, self.image_size, self.batch_size,
             self.config.seed, first, end, skip, self.channels)
         self.val = eval_dataset(self.data.validation, self.data.num_classes, self.image_size,
-                                self.batch_size, self.channels)
+                                self.batch_size, self.channels, skip_errors=False)
         plan = self._cache_plan(phase, frozen)
         if isinstance(plan, str):
             say(f"phase {phase}: reading images every epoch ({plan})")
@@ -521,12 +550,26 @@ class _Trainer:
 
     def _fit(self, phase_start: int, start: int, end: int, step: int) -> None:
         """Epochs [start, end) of the compiled phase; `step` steps of `start` are already done."""
+        import tensorflow as tf
+
         if start >= end:
             return
         self.state["phase_start"].assign(phase_start)
         weights = class_weights(self.data.train, self.data.num_classes) \
             if self.config.class_weight == "auto" else None
         verbose = 1 if sys.stdout.isatty() else 2
+        try:
+            self._fit_epochs(start, end, step, weights, verbose)
+        except tf.errors.InvalidArgumentError as err:  # an image the pre-flight check passed did not decode
+            bad = [f for split in (self.data.train, self.data.validation)
+                   for f in undecodable(split, self.image_size, self.channels)]
+            if not bad:
+                raise
+            raise DatasetError(f"{len(bad)} image(s) passed the pre-flight check but TensorFlow cannot decode them",
+                               ", ".join(bad[:SHOWN_SKIPPED]), "replace or remove them, then continue with "
+                               f"`retrain fit --resume {self.run_dir}`") from err
+
+    def _fit_epochs(self, start: int, end: int, step: int, weights, verbose: int) -> None:
         if step:  # finish the interrupted epoch on its own, then the rest
             ds = self.train_data(start, start + 1, step)
             self.trainee.fit(ds, steps_per_epoch=self.steps - step, epochs=start + 1, initial_epoch=start,
@@ -539,11 +582,10 @@ class _Trainer:
                            validation_data=self.val, class_weight=weights, shuffle=False,
                            callbacks=self._callbacks(0), verbose=verbose)
 
-    def best_val_accuracy(self) -> float:
-        import csv
-
-        path = self.run_dir / "history.csv"
-        if not path.exists():  # a non-chief worker that resumed a finished run wrote none
-            return float("nan")
-        with open(path, newline="") as f:
-            return max((float(row["val_accuracy"]) for row in csv.DictReader(f)), default=float("nan"))
+    def restore_best(self) -> "BestEpoch | None":
+        """Put the best epoch's weights into the model, the weights model.keras keeps (as Keras'
+        EarlyStopping(restore_best_weights=True) does); -> that epoch, None if none was logged."""
+        prefix = ckpts.latest(self.run_dir / "best")
+        if prefix is not None:
+            ckpts.restore_weights(self.model, self.backbone, prefix).expect_partial()
+        return best_epoch(history(self.run_dir))

@@ -49,3 +49,11 @@ def http_server(tmp_path):
 def runner() -> CliRunner:
     return CliRunner()
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_home(tmp_path_factory):
+    """Every fit in the tests caches under a temporary home, never in the user's ~/.cache."""
+    import os
+
+    os.environ["RETRAIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache-home"))

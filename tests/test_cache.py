@@ -23,7 +23,7 @@ import pytest
 
 from fit_fixtures import (COLOURS, column, fit_args, invoke, load_model, make_colour_data, model_weights, noisy_colour,
                           read_history, write_png)
-from retrain.cache import SplitCache, default_cache_dir
+from retrain.cache import SplitCache
 from retrain.fileindex import FileIndex, file_digest
 from retrain.config import FitConfig
 
@@ -470,13 +470,6 @@ def test_library_reordered_files_reuse_every_row(tmp_path):
     np.testing.assert_array_equal(np.asarray(rows, np.float32), _expected(files2, truth))
     assert json.loads((folder / "train.json").read_text())["hashes"] == hashes2
     assert len(npy_files(folder, "train")) == 1
-
-
-def test_default_cache_dir_is_beside_the_data(tmp_path):
-    """Without --cache-dir the cache goes beside the data folder: data/x -> data/.x-cache."""
-    (tmp_path / "data" / "toy").mkdir(parents=True)
-    assert default_cache_dir(tmp_path / "data" / "toy") == tmp_path / "data" / ".toy-cache"
-    assert default_cache_dir(f"{tmp_path}/data/toy/") == tmp_path / "data" / ".toy-cache"
 
 
 # --- 4. cached and uncached training agree ---------------------------------------------------

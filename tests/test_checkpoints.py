@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,7 @@ LABELS = ("cyan", "magenta", "yellow")
 
 @pytest.mark.parametrize("change", [
     {"epochs": 10}, {"fine_tune_epochs": 0}, {"learning_rate": 0.5}, {"fine_tune_learning_rate": 1e-5},
-    {"batch_size": 3}, {"keep_checkpoints": 9}, {"save_every_steps": 5}, {"weights": "imagenet"},
-    {"data": "elsewhere"},
+    {"batch_size": 3}, {"keep_checkpoints": 9}, {"save_every_steps": 5}, {"data": "elsewhere"},
 ])
 def test_check_resume_accepts(change):
     """Epochs, learning rates and other settings that keep the model's shape may change."""
@@ -35,9 +35,12 @@ def test_check_resume_accepts(change):
     ({"alpha": 0.5}, "alpha None -> 0.5"),
     ({"augment": ("flip", "crop")}, "augment ('flip',) -> ('flip', 'crop')"),
     ({"dropout_rate": 0.5}, "dropout_rate 0.2 -> 0.5"),
+    ({"weights": "imagenet"}, "weights 'none' -> 'imagenet'"),
+    ({"init_from": "runs/other"}, "init_from None -> 'runs/other'"),
 ])
 def test_check_resume_refuses_shape_changes(change, named):
-    """A change of the model's shape is refused, naming the setting and both values."""
+    """A change of the model's shape or of its starting weights (which key the cached rows)
+    is refused, naming the setting and both values."""
     with pytest.raises(CheckpointError, match="cannot resume") as caught:
         check_resume(SAVED, dataclasses.replace(SAVED, **change), LABELS, LABELS)
     assert named in str(caught.value)
@@ -84,15 +87,20 @@ def test_truncate_history_missing_or_empty(tmp_path):
 
 
 def test_create_run_writes_records(tmp_path):
-    """create_run writes config.json (round-trips), labels.txt (one per line) and run.json."""
+    """create_run writes config.json (round-trips), labels.txt (one per line) and run.json
+    with the format and the retrain version; nothing else is left in the runs folder."""
+    from retrain import __version__
+    from retrain.checkpoints import FORMAT
+
     run = tmp_path / "runs" / "run"
     create_run(run, SAVED, LABELS, {"image_size": 32, "freeze_layers": 4})
     config, labels, facts = read_run(run)
     assert config == SAVED
     assert labels == LABELS
     assert (run / "labels.txt").read_text() == "cyan\nmagenta\nyellow\n"
-    assert facts == {"image_size": 32, "freeze_layers": 4}
+    assert facts == {"format": FORMAT, "retrain_version": __version__, "image_size": 32, "freeze_layers": 4}
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "labels.txt", "run.json"]
+    assert [p.name for p in run.parent.iterdir()] == ["run"]
 
 
 def test_create_run_refuses_non_empty_folder(tmp_path):
@@ -159,13 +167,15 @@ def test_state_round_trip_and_best_first(tmp_path):
 
 
 def test_a_run_made_before_the_schedule_existed_resumes_constant(tmp_path):
-    """config.json without "schedule" (runs made when the learning rate was constant) reads
-    back as constant, not as today's default, so a resume does not change its schedule."""
+    """A format-1 config.json without "schedule" (runs made when the learning rate was
+    constant) reads back as constant, not as today's default, so a resume does not change
+    its schedule."""
     create_run(tmp_path / "run", SAVED, ("a", "b"), {"image_size": 32})
     path = tmp_path / "run" / "config.json"
     old = json.loads(path.read_text())
     del old["schedule"], old["feature_shift"]
     path.write_text(json.dumps(old))
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"image_size": 32}))  # format 1
     assert read_run(tmp_path / "run")[0].schedule == "constant"
     assert read_run(tmp_path / "run")[0].feature_shift == 0  # nor start shifting its activations
     assert FitConfig().schedule == "cosine"
@@ -268,4 +278,187 @@ def test_resume_before_the_first_checkpoint_applies_init_from(colour_data, tmp_p
     result = invoke(["fit", "--resume", str(run)])
     assert result.exit_code == 0, (result.output, result.exception)
     for a, b in zip(model_weights(run / "model.keras"), whole):
+        np.testing.assert_array_equal(a, b)
+
+
+# --- formats, damage, locks ------------------------------------------------------------------
+
+FORMAT_1 = Path(__file__).parent / "data" / "run-format-1"  # made by retrain 0.1.0 of 2026-12-02
+
+
+def test_a_format_1_run_folder_is_read_as_today(tmp_path):
+    """A run folder of format 1 (no format in run.json; no schedule, distribute or
+    feature_shift in config.json... here recorded, as that version did) reads through
+    `upgrade`: settings it lacked get the values they had then, and evaluate, predict and
+    --resume work on it."""
+    import shutil
+
+    from fit_fixtures import invoke
+    from run_fixtures import LABELS as TOY, make_toy_data
+
+    run = shutil.copytree(FORMAT_1, tmp_path / "old")
+    config, labels, facts = read_run(run)
+    assert facts["format"] == 1 and facts["skipped_files"] is None and labels == TOY
+    saved = json.loads((run / "config.json").read_text())
+    for name in ("schedule", "distribute", "feature_shift"):
+        del saved[name]
+    (run / "config.json").write_text(json.dumps(saved))
+    config, _, _ = read_run(run)
+    assert (config.schedule, config.distribute, config.feature_shift) == ("constant", "none", 0)
+    data = make_toy_data(tmp_path / "data")
+    result = invoke(["evaluate", str(run), "--data", str(data / "test")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    result = invoke(["predict", str(run), str(data / "test" / "cyan")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    result = invoke(["fit", "--resume", str(run), "--data", str(data), "--fine-tune-epochs", "2"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "resuming" in result.stderr and "4 epochs" not in result.stderr
+
+
+def test_a_newer_format_is_refused(tmp_path):
+    create_run(tmp_path / "run", SAVED, LABELS, {})
+    facts = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**facts, "format": 99}))
+    with pytest.raises(CheckpointError, match="made by a newer retrain .*format 99.*upgrade retrain"):
+        read_run(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["truncated run.json", "truncated config.json", "no labels.txt",
+                                    "empty labels.txt", "unknown setting"])
+def test_damaged_records_give_one_line(trained_copy, damage):
+    """A run folder whose records are cut short or missing: evaluate and --resume each print
+    one error line naming the file, no traceback."""
+    from fit_fixtures import assert_one_error_line, invoke
+
+    run = trained_copy
+    name = damage.split()[-1] if damage != "unknown setting" else "config.json"
+    path = run / name
+    if damage.startswith("truncated"):
+        path.write_text(path.read_text()[:25])
+    elif damage == "no labels.txt":
+        path.unlink()
+    elif damage == "empty labels.txt":
+        path.write_text("")
+    else:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "colour": "blue"}))
+    for args in (["evaluate", str(run), "--split", "validation"], ["fit", "--resume", str(run)]):
+        assert_one_error_line(invoke(args), 1, name)
+
+
+@pytest.fixture
+def trained_copy(colour_data, tmp_path):
+    """A finished run of 3 head epochs (tiny_cnn, frozen), its own folder."""
+    return _fit(colour_data, tmp_path / "runs", "run", freeze="all", epochs=3, fine_tune_epochs=0)
+
+
+def test_resume_skips_a_damaged_checkpoint(colour_data, trained_copy, tmp_path):
+    """The newest checkpoint's data file cut short: --resume says it skips it, resumes from
+    the newest intact one (removing the damaged files, repointing the folder), and ends with
+    the weights of an uninterrupted run."""
+    from fit_fixtures import invoke, model_weights
+
+    run = trained_copy
+    newest = latest(run / "ckpt")
+    data_file = Path(f"{newest}.data-00000-of-00001")
+    data_file.write_bytes(data_file.read_bytes()[:100])
+    result = invoke(["fit", "--resume", str(run), "--epochs", "4"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert f"skipped the damaged checkpoint {newest}" in result.stderr
+    assert "2 epochs and 0 steps done" in result.stderr
+    assert latest(run / "ckpt") is not None and data_file.stat().st_size > 100  # epoch 3 saved again, whole
+    whole = _fit(colour_data, tmp_path / "runs", "whole", freeze="all", epochs=4, fine_tune_epochs=0)
+    for a, b in zip(model_weights(run / "model.keras"), model_weights(whole / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_pointer_file_is_rebuilt_from_the_checkpoints(trained_copy):
+    """ckpt/checkpoint cut to nothing: the newest intact checkpoint is found by its files."""
+    run = trained_copy
+    newest = latest(run / "ckpt")
+    (run / "ckpt" / "checkpoint").write_text("model_checkpoint_pa")
+    assert latest(run / "ckpt", repair=True) == newest
+    assert latest(run / "ckpt") == newest and "model_checkpoint_path" in (run / "ckpt" / "checkpoint").read_text()
+
+
+def test_a_second_process_on_the_same_run_is_refused(trained_copy):
+    """While one process trains a run (holds its lock), `fit --resume` of it is refused in
+    one line naming the holder; once released, the resume runs."""
+    import os
+
+    from fit_fixtures import assert_one_error_line, invoke
+    from retrain.checkpoints import run_lock
+
+    run = trained_copy
+    with run_lock(run):
+        assert_one_error_line(invoke(["fit", "--resume", str(run), "--epochs", "4"]), 1,
+                              "another retrain process is training this run", f"process {os.getpid()}")
+    result = invoke(["fit", "--resume", str(run), "--epochs", "4"])
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def test_the_lock_goes_with_a_killed_process(tmp_path):
+    """A process killed while holding the lock (kill -9: no cleanup) leaves it free."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "run").mkdir()
+    code = ("import sys, time; from pathlib import Path; from retrain.checkpoints import run_lock\n"
+            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        from retrain.checkpoints import run_lock
+
+        with pytest.raises(CheckpointError, match="another retrain process"):
+            with run_lock(tmp_path / "run"):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        with run_lock(tmp_path / "run"):
+            pass
+    finally:
+        proc.kill()
+
+
+def test_resume_of_an_init_from_run_on_a_cold_cache_computes_the_right_rows(colour_data, tmp_path):
+    """A phase-1 run --init-from a fine-tuned run, resumed with its cache cleared (another
+    host): the resume restores the run's weights before it extracts, so the rows it caches
+    equal the first run's, and the run ends as the uninterrupted one."""
+    import shutil
+
+    from fit_fixtures import invoke, model_weights
+
+    tuned = _fit(colour_data, tmp_path / "runs", "tuned", epochs=1, fine_tune_epochs=1)
+    cache = tmp_path / "cache"
+    cut = _fit(colour_data, tmp_path / "runs", "cut", freeze="all", epochs=1, fine_tune_epochs=0,
+               init_from=tuned, cache_dir=cache)
+    first = {f.relative_to(cache): np.load(f) for f in cache.rglob("*.npy")}
+    assert first
+    shutil.rmtree(cache)
+    result = invoke(["fit", "--resume", str(cut), "--epochs", "2"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    again = {f.relative_to(cache): np.load(f) for f in cache.rglob("*.npy")}
+    assert again.keys() == first.keys()
+    for name, rows in first.items():
+        np.testing.assert_array_equal(again[name], rows, err_msg=str(name))
+    whole = _fit(colour_data, tmp_path / "runs", "whole", freeze="all", epochs=2, fine_tune_epochs=0,
+                 init_from=tuned, cache_dir=tmp_path / "cache2")
+    for a, b in zip(model_weights(cut / "model.keras"), model_weights(whole / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_finished_run_without_model_keras_is_resumable_and_gets_it_back(trained_copy):
+    """model.keras lost: `retrain runs` calls the run resumable, and --resume writes it again
+    (the best epoch's weights, from best/) without training more."""
+    from fit_fixtures import invoke, model_weights
+    from retrain.runs import status
+
+    run = trained_copy
+    before = model_weights(run / "model.keras")
+    (run / "model.keras").unlink()
+    assert status(run) == "resumable"
+    result = invoke(["fit", "--resume", str(run)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    for a, b in zip(model_weights(run / "model.keras"), before):
         np.testing.assert_array_equal(a, b)

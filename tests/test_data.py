@@ -234,3 +234,51 @@ def test_load_folders_errors(tmp_path, layout):
         (tmp_path / "validation" / "magenta").mkdir()
     with pytest.raises(DatasetError, match="no readable train images.*magenta"):
         load_folders(tmp_path, 0.5)
+
+
+@pytest.mark.parametrize("name", ["val", "valid", "validation"])
+def test_load_folders_reads_val_and_valid_as_the_validation_split(tmp_path, name):
+    """train/ + val/ (torchvision's ImageFolder sets, Imagenette) or valid/ (fastai) is the
+    validation split, as validation/ is; nothing is split off train/ then."""
+    make_colour_split(tmp_path / "train", 3, seed=0)
+    make_colour_split(tmp_path / name, 2, seed=1)
+    folders = load_folders(tmp_path, validation_split=0.5)
+    assert len(folders.train.files) == 9 and len(folders.validation.files) == 6
+    assert all(f"/{name}/" in f for f in folders.validation.files)
+    assert folders.ignored == ()
+
+
+def test_load_folders_refuses_two_validation_folders(tmp_path):
+    make_colour_split(tmp_path / "train", 2, seed=0)
+    make_colour_split(tmp_path / "val", 1, seed=1)
+    make_colour_split(tmp_path / "validation", 1, seed=2)
+    with pytest.raises(DatasetError, match=r"more than one validation folder \(received: validation/, val/\)"):
+        load_folders(tmp_path, validation_split=0.5)
+
+
+def test_load_folders_names_sibling_folders_it_does_not_read(tmp_path, runner):
+    """A folder beside train/ that is no split fit or evaluate reads is named (fit says it,
+    check warns), never silently ignored; test/ is evaluate's and not named."""
+    from retrain.cli import app
+
+    make_colour_split(tmp_path / "train", 3, seed=0)
+    make_colour_split(tmp_path / "val", 2, seed=1)
+    make_colour_split(tmp_path / "test", 1, seed=2)
+    make_colour_split(tmp_path / "extra", 1, seed=3)
+    folders = load_folders(tmp_path, validation_split=0.5)
+    assert folders.ignored == (tmp_path / "extra",)
+    result = runner.invoke(app, ["check", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "train/ + val/ + test/" in result.stdout
+    assert "warning: ignoring extra/ beside train/" in result.stdout
+
+
+def test_load_folders_keeps_out_what_it_is_told(tmp_path):
+    """keep_out (a resumed run's files skipped when it began) leaves those files out, as if
+    unreadable, though they read now."""
+    make_colour_split(tmp_path / "train", 3, seed=0)
+    make_colour_split(tmp_path / "validation", 2, seed=1)
+    folders = load_folders(tmp_path, 0.5, keep_out=["train/cyan/cyan_001.png"])
+    assert str(tmp_path / "train" / "cyan" / "cyan_001.png") not in folders.train.files
+    assert folders.skipped == (str(tmp_path / "train" / "cyan" / "cyan_001.png"),)
+    assert len(folders.train.files) == 8

@@ -92,3 +92,35 @@ def test_export_errors(run, tmp_path):
     assert_one_error_line(invoke(["export", str(copy), "--format", "tflite-int8"]), 1,
                           "data folder does not exist")
     assert_one_error_line(invoke(["export", str(copy), "--format", "tflite"]), 1, "no best checkpoint")
+
+
+def test_export_replaces_only_its_own_output(run, tmp_path):
+    """--output naming a folder or file retrain did not export is refused in one line and left
+    as it was (export once wiped `--output ~/models`); an earlier export is replaced, and its
+    marker says so. A TFLite export beside a user's labels.txt is refused too."""
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    assert_one_error_line(invoke(["export", str(run), "--output", str(mine)]), 2,
+                          "existing folder that retrain did not export", str(mine))
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"a user's model")
+    assert_one_error_line(invoke(["export", str(run), "--format", "tflite", "--output", str(model)]), 2,
+                          "existing file")
+    assert model.read_bytes() == b"a user's model"
+    (tmp_path / "beside").mkdir()
+    (tmp_path / "beside" / "labels.txt").write_text("a user's labels")
+    assert_one_error_line(invoke(["export", str(run), "--format", "tflite", "--output",
+                                  str(tmp_path / "beside" / "m.tflite")]), 2, "labels.txt")
+    assert (tmp_path / "beside" / "labels.txt").read_text() == "a user's labels"
+    assert not (tmp_path / "beside" / "m.tflite").exists()
+
+    first = export(run, "tflite", "--output", str(tmp_path / "out" / "m.tflite"))
+    again = export(run, "tflite", "--output", str(first))
+    assert again == first and (tmp_path / "out" / ".m.tflite.retrain-export").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["labels.txt", "m.tflite"]
+    sm = export(run, "savedmodel", "--output", str(tmp_path / "sm2"))
+    assert (sm / ".retrain-export").is_file()
+    export(run, "savedmodel", "--output", str(sm))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]

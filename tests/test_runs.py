@@ -39,14 +39,16 @@ def runs_dir(run, tmp_path) -> Path:
 
 
 def test_runs_lists_each_run(runs_dir):
-    """One line per run: name, backbone, freeze point, epochs done of planned, best validation
-    accuracy, status; folders without config.json are left out."""
+    """One line per run: name, backbone, freeze point, epochs done of planned, the validation
+    accuracy of the best epoch (lowest validation loss), status; folders without config.json
+    are left out."""
     result = invoke(["runs", "--runs-dir", str(runs_dir)])
     assert result.exit_code == 0, (result.output, result.exception)
     header, *lines = result.stdout.splitlines()
     assert header.split()[:2] == ["name", "backbone"]
     assert [line.split()[0] for line in lines] == ["a-finished", "b-resumable", "c-empty", "d-broken"]
-    best = max(row["val_accuracy"] for row in read_history(runs_dir / "a-finished"))
+    rows = read_history(runs_dir / "a-finished")
+    best = min(rows, key=lambda row: row["val_loss"])["val_accuracy"]
     for line, status in zip(lines, ("finished", "resumable", "empty")):
         assert line.split()[-1] == status
         assert "tiny_cnn" in line and "none: 0/12 layers" in line
