@@ -590,3 +590,61 @@ def test_backbones_lists_the_registry():
         assert row.split()[1:3] == [str(spec.native_size), str(spec.min_size)]
         assert row.endswith(", ".join(spec.freeze_points))
     assert lines[-1].startswith("hub:<handle-or-path>")
+
+
+# --- kill -9 at named points (retrain/faultpoints.py; bench/faults.py tries them all) --------
+
+KILL_POINTS = {"cache-file-written": "cache-file-written", "best-saved": "best-saved:2",
+               "phase-switch": "phase-switch", "model-written": "model-written"}
+
+
+@pytest.fixture(scope="module")
+def killed_at_points(tmp_path_factory):
+    """An uninterrupted cached two-phase run, and one run per kill point, each killed there
+    by RETRAIN_KILL_AT (SIGKILL: no cleanup) and then resumed. -> {name: (run, resume log)}."""
+    root = tmp_path_factory.mktemp("points")
+    data = make_colour_data(root / "data", train=4, validation=3)
+    runs = root / "runs"
+
+    def args(name):
+        return fit_args(data, runs, name, freeze="block1_out", epochs=2, fine_tune_epochs=2, batch_size=4,
+                        cache_dir=root / f"cache-{name}")
+
+    procs = {"ref": start_fit(args("ref"), root / "ref.log")}
+    for name, point in KILL_POINTS.items():
+        env = dict(subprocess_env(), RETRAIN_KILL_AT=point)
+        with open(root / f"{name}.log", "ab") as log:
+            procs[name] = subprocess.Popen([sys.executable, "-m", "retrain", *args(name)], stdout=log,
+                                           stderr=subprocess.STDOUT, env=env)
+    try:
+        for name, proc in procs.items():
+            assert proc.wait(300) == (0 if name == "ref" else -9), (root / f"{name}.log").read_text()
+        resumed = {name: start_fit(["fit", "--resume", str(runs / name)], root / f"{name}.resume.log")
+                   for name in KILL_POINTS}
+        for name, proc in resumed.items():
+            assert proc.wait(300) == 0, (root / f"{name}.resume.log").read_text()
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    logs = {name: root / (f"{name}.resume.log" if name in KILL_POINTS else f"{name}.log") for name in procs}
+    return {name: (runs / name, log.read_text()) for name, log in logs.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(KILL_POINTS))
+def test_kill_at_a_named_point_then_resume_equals_uninterrupted(killed_at_points, name):
+    """Killed after the cache file is renamed into place but before its pointer names it,
+    after best/ is saved but before ckpt/, between the phases, and with the whole model in
+    its temporary file: the resume ends with the uninterrupted run's history and weights,
+    and leaves no temporary file behind."""
+    run, log = killed_at_points[name]
+    ref, _ = killed_at_points["ref"]
+    assert "Traceback" not in log
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(column(run, key), column(ref, key), rtol=0, atol=1e-6, err_msg=key)
+    for a, b in zip(model_weights(run / "model.keras"), model_weights(ref / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    leftovers = [p for folder in (run, run.parent.parent / f"cache-{name}") for p in folder.rglob("*")
+                 if ".tmp" in p.name or p.name.endswith(("_temp", ".creating"))]
+    assert not leftovers
