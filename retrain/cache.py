@@ -30,7 +30,8 @@ from retrain.cachehome import DATASET_MARK, KEY_MARK, cache_home
 from retrain.diskspace import FULL_ERRNOS, check_room, disk_full, reserve
 from retrain.errors import CacheError, DatasetError
 from retrain.faultpoints import reached
-from retrain.fileindex import file_digest, tmp_path
+from retrain.fileindex import file_digest
+from retrain.files import atomic_write, replacing
 from retrain.progress import bar
 
 
@@ -57,7 +58,7 @@ def open_cache_dir(root: Path, data_dir: str | Path) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
         served = _read_json(mark).get("data", []) if mark.is_file() else []
-        _atomic_text(mark, json.dumps({"data": [*served, data] if data not in served else served}, indent=2))
+        atomic_write(mark, json.dumps({"data": [*served, data] if data not in served else served}, indent=2))
     except OSError as err:
         if err.errno in FULL_ERRNOS:
             raise disk_full(root, cause=err.strerror) from None
@@ -80,17 +81,8 @@ def key_folder(root: Path, key: dict) -> Path:
     folder = root / hashlib.sha1(text.encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / KEY_MARK).exists():
-        _atomic_text(folder / KEY_MARK, json.dumps(key, indent=2, sort_keys=True))
+        atomic_write(folder / KEY_MARK, json.dumps(key, indent=2, sort_keys=True))
     return folder
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = tmp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class SplitCache:
@@ -132,15 +124,11 @@ class SplitCache:
         missing = [i for i, h in enumerate(hashes) if h not in where]
         digest = hashlib.sha1("".join(hashes).encode()).hexdigest()[:12]
         final = self.folder / f"{self.split}-{digest}.npy"
-        tmp = tmp_path(final)
-        try:
+        with replacing(final) as tmp:
             self._write(tmp, files, hashes, missing, where, old, extract, dtype)
-            os.replace(tmp, final)
-            reached("cache-file-written")  # the rows are in place; no pointer names them yet
-        finally:
-            tmp.unlink(missing_ok=True)
+        reached("cache-file-written")  # the rows are in place; no pointer names them yet
         previous = json.loads(self.pointer.read_text())["file"] if self.pointer.exists() else None
-        _atomic_text(self.pointer, json.dumps({"file": final.name, "hashes": hashes}))
+        atomic_write(self.pointer, json.dumps({"file": final.name, "hashes": hashes}))
         if previous and previous != final.name:
             (self.folder / previous).unlink(missing_ok=True)
         self.computed = len(missing)

@@ -30,6 +30,7 @@ from typing import Iterator
 from retrain import __version__
 from retrain.config import FitConfig
 from retrain.errors import CheckpointError, ConfigError
+from retrain.files import atomic_write, replacing
 from retrain.progress import say
 
 # A resume must build the very same model from the very same starting weights; these
@@ -40,16 +41,6 @@ FIXED_ON_RESUME = ("backbone", "alpha", "image_size", "freeze", "augment", "drop
 # run.json's "format". 1: runs made before it was written (no "format" key, up to retrain
 # 0.1.0 of 2026-12-02); 2: "format", "retrain_version" and "skipped_files" recorded.
 FORMAT = 2
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def create_run(path: Path, config: FitConfig, class_names: tuple[str, ...], facts: dict) -> None:
@@ -305,10 +296,8 @@ def truncate_history(path: Path, epochs_done: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
 
 
 def init_checkpoint(source: Path) -> str:

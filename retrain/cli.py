@@ -7,6 +7,8 @@ so `retrain --help` and `retrain <command> --help` stay fast.
 from __future__ import annotations
 
 import enum
+import importlib.abc
+import importlib.util
 import os
 import sys
 import time
@@ -24,7 +26,8 @@ from retrain.config import (CHECKPOINTS, CIFAR_DATASETS, CLASS_WEIGHTS, DISTRIBU
                             QuickDrawConfig, default_run_name, parse_class_names, parse_list)
 from retrain.errors import ConfigError, RetrainError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+# TensorFlow's C++ start-up chatter (absl, oneDNN, cuInit): hidden unless --debug.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn an ImageNet-pretrained backbone into a classifier for your own images.")
@@ -82,9 +85,68 @@ def run(job: Callable[[], T], interrupted: Callable[[], str] | None = None) -> T
         raise typer.Exit(1) from None
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        from retrain import __version__
+
+        typer.echo(f"retrain {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors, and "
+                                       "TensorFlow's own log lines."),
+            version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                         help="Print retrain's version and exit.")):
     _state["debug"] = debug
+    if debug:  # before any command imports TensorFlow
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
+    from retrain.progress import show_news
+
+    show_news()
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow, whenever a command first does, with the process's stderr (fd 2)
+    sent to a temporary file: its C++ libraries print start-up lines (absl, cudart) while
+    loading, before any setting can silence them. The lines are shown if the import fails."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        import tempfile
+
+        with tempfile.TemporaryFile() as lines:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(lines.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+            except BaseException:
+                os.dup2(saved, 2)
+                lines.seek(0)
+                sys.stderr.write(lines.read().decode(errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
 
 
 @app.command("prepare-cifar")

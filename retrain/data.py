@@ -308,7 +308,7 @@ def shard_by_data(ds):
 # The image pipelines run with fixed settings and tf.data's autotuning off: with it on, passes
 # over the same files fell now and then to a fixed, lower rate beside the forward pass
 # (MobileNetV2 0.35, 10,240 CIFAR-10 files: 0.79-0.89 of the raw forward at 96 px, 0.91-0.95
-# with it off; see bench/PERFORMANCE-HISTORY.md).
+# with it off; see docs/benchmarks.md).
 PARALLEL_CALLS = os.cpu_count() or 1
 PREFETCH_BATCHES = 2
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from retrain.checkpoints import atomic_write, read_run
+from retrain.checkpoints import read_run
 from retrain.config import EvaluateConfig
 from retrain.data import Split, class_files, describe_skipped, eval_dataset, load_folders, readable
+from retrain.files import atomic_write
 from retrain.errors import ConfigError, DatasetError
 from retrain.progress import bar, say
 from retrain.runs import load_model
@@ -193,9 +193,7 @@ def _write_misclassified(path: Path, files: list[str], truth: np.ndarray, probs:
     writer.writerow(["file", "true_label", "predicted_label", "probability"])
     for i in wrong:
         writer.writerow([files[i], labels[truth[i]], labels[predicted[i]], f"{probs[i, predicted[i]]:.6f}"])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text.getvalue(), errors="surrogateescape")  # a name that is not UTF-8: its own bytes
-    os.replace(tmp, path)
+    atomic_write(path, text.getvalue(), errors="surrogateescape")  # a name that is not UTF-8: its own bytes
 
 
 def format_report(evaluation: Evaluation) -> str:

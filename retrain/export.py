@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.checkpoints import atomic_write, read_run
+from retrain.checkpoints import read_run
+from retrain.files import atomic_write
 from retrain.config import ExportConfig
 from retrain.data import Split, eval_dataset, load_folders
 from retrain.errors import ConfigError
@@ -112,12 +113,7 @@ def write_tflite(loaded: LoadedRun, path: Path, representative: Split | None) ->
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         flat = converter.convert()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(flat)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, flat)
     if representative is not None:
         scale, zero = TFLiteClassifier(path).input["quantization"]
         if (scale, zero) != (1.0, 0):
@@ -186,19 +182,16 @@ class TFLiteClassifier:
     """An exported .tflite model: float 0-255 images [b, H, W, 3] -> probabilities [b, classes].
 
     Inputs are quantized as the model's input tensor wants (raw uint8 for ours); a quantized
-    output is dequantized. The interpreter is TF's `tf.lite.Interpreter` (LiteRT's
-    `ai_edge_litert` is its successor; TF 2.21 still ships this one and warns that it will go).
+    output is dequantized. It runs on LiteRT (`ai_edge_litert`), the runtime an exported
+    model is deployed with; TensorFlow's own `tf.lite.Interpreter` is deprecated in its favour.
     """
 
     def __init__(self, path: str | Path, num_threads: int | None = None):
-        import tensorflow as tf
+        from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.interpreter = tf.lite.Interpreter(
-                    model_path=str(path), num_threads=num_threads or len(os.sched_getaffinity(0)))
+            self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads or len(os.sched_getaffinity(0)))
         except ValueError as err:
             raise ConfigError("--model is not a TFLite model TensorFlow can run", str(path),
                               f"pass a file `retrain export` wrote ({str(err).splitlines()[0][:120]})") from None

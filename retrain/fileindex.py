@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
+
+from retrain.files import atomic_write
 
 # A file changed within this many seconds of being indexed could change again within the
 # same timestamp tick unnoticed (git's "racy" case): such facts are used but not remembered.
@@ -26,12 +27,6 @@ RACY_SECONDS = 2.0
 def file_digest(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha1").hexdigest()
-
-
-def tmp_path(path: Path) -> Path:
-    """A temporary name beside `path`, unique to this process on this host (several workers,
-    possibly on several hosts sharing the folder, may write the same file at once)."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
 def _stamp(path: str) -> list[int] | None:
@@ -89,9 +84,4 @@ class FileIndex:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_path(self.path)
-        try:
-            tmp.write_text(json.dumps({k: v for k, v in self.entries.items() if len(v) > 1}))
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary
+        atomic_write(self.path, json.dumps({k: v for k, v in self.entries.items() if len(v) > 1}))

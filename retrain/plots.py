@@ -7,12 +7,12 @@ temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from retrain import runs
+from retrain.files import replacing
 
 ANNOTATE_UP_TO = 30  # classes; above that the counts would not fit in their cells
 
@@ -94,7 +94,6 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        figure.savefig(tmp, format="png")
     return path

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from retrain.config import PredictConfig
+from retrain.data import IMAGE_EXTENSIONS
 from retrain.errors import DatasetError
 from retrain.progress import bar
 from retrain.runs import load_model
@@ -68,9 +69,10 @@ def predict(config: PredictConfig) -> list[Prediction]:
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> list[tuple[str, str | None]]:
-    """Each file as given; each folder as the image files under it (by extension, sorted);
-    -> (path, error or None)."""
-    extensions = tuple(Image.registered_extensions())
+    """Each file as given (any format Pillow reads); each folder as the image files under it
+    with the extensions fit and check read (data.IMAGE_EXTENSIONS), sorted; -> (path, error
+    or None)."""
+    extensions = IMAGE_EXTENSIONS
     found: list[tuple[str, str | None]] = []
     for given in inputs:
         path = Path(given)

@@ -26,6 +26,7 @@ from retrain.config import PrepareConfig, unsafe_folder_names
 from retrain.diskspace import FULL_ERRNOS, disk_full
 from retrain.download import fetch, is_url, md5sum
 from retrain.errors import DatasetError, DownloadError
+from retrain.files import atomic_write
 from retrain.progress import bar, say
 
 SPLITS = ("train", "validation", "test")
@@ -225,15 +226,6 @@ def write_split(out: Path, split: str, images, labels, indices, names, fmt: str,
     return {name: int(n) for name, n in zip(names, counts)}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # --- the job ----------------------------------------------------------------------------------
 
 def _settings(config: PrepareConfig) -> dict:
@@ -325,9 +317,9 @@ def prepare_cifar(config: PrepareConfig) -> dict:
     test_images, test_labels = splits["test"]
     counts["test"] = write_split(out, "test", test_images, test_labels,
                                  np.arange(len(test_labels)), names, config.image_format, workers)
-    atomic_write_text(out / "labels.txt", "".join(f"{n}\n" for n in names))
+    atomic_write(out / "labels.txt", "".join(f"{n}\n" for n in names))
     manifest = {"settings": _settings(config), "source": config.source or archive.url,
                 "archive_md5": md5, "md5_verified": verified, "labels": names, "counts": counts,
                 "file_names": "<original index in its split, 5 digits>.<format>"}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest

@@ -1,7 +1,15 @@
-"""Progress bars for long work (downloads, unpacking, feature extraction), drawn by rich."""
+"""How the library reports: news through the `retrain` logger, bars for long work (downloads,
+unpacking, feature extraction) drawn by rich on a terminal.
+
+The library only logs; whoever runs it decides how that looks. The CLI shows each record as
+a plain line on stderr (`show_news`); a Python caller sees nothing until it configures
+logging (`logging.basicConfig(level=logging.INFO)`), and can silence or redirect the
+`retrain` logger like any other.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -42,6 +50,24 @@ def bar(description: str, total: float | None, unit: str = "items") -> Iterator[
         yield Bar(progress, progress.add_task(description, total=total))
 
 
+log = logging.getLogger("retrain")
+
+
 def say(message: str) -> None:
-    """A line of progress news for the user, on stderr."""
-    console.print(message, markup=False, soft_wrap=True)
+    """A line of progress news for the user (INFO on the `retrain` logger)."""
+    log.info(message)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Each record as its bare message on the console (stderr), beside rich's bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(self.format(record), markup=False, soft_wrap=True)
+
+
+def show_news() -> None:
+    """Show the library's news on stderr, once per process (the CLI calls this)."""
+    if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
+        log.addHandler(_ConsoleHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False  # TensorFlow's absl puts a handler on the root logger: no second copy

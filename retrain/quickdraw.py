@@ -26,7 +26,8 @@ import numpy as np
 from retrain.config import QuickDrawConfig
 from retrain.download import Refused, fetch, is_url, read_head
 from retrain.errors import DatasetError, DownloadError
-from retrain.prepare import SPLITS, atomic_write_text, finished_manifest, write_split
+from retrain.files import atomic_write
+from retrain.prepare import SPLITS, finished_manifest, write_split
 from retrain.progress import say
 
 OFFICIAL_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap"
@@ -260,7 +261,7 @@ def prepare_quickdraw(config: QuickDrawConfig) -> dict:
         indices = np.concatenate([start + rows[split] for start, rows in zip(starts, splits)])
         counts[split] = write_split(out, split, images, labels, indices, names, "png", workers,
                                     file_numbers=row_numbers, digits=DIGITS)
-    atomic_write_text(out / "labels.txt", "".join(f"{n}\n" for n in names))
+    atomic_write(out / "labels.txt", "".join(f"{n}\n" for n in names))
     manifest = {"settings": _settings(config), "source": source, "labels": names, "counts": counts,
                 "drawings": {name: {"used": len(rows), "in_file": total}
                              for name, rows, total in zip(names, drawings, totals)},
@@ -268,5 +269,5 @@ def prepare_quickdraw(config: QuickDrawConfig) -> dict:
                          "round(validation_split x n) to validation, round(test_split x n) to test, "
                          "the rest to train",
                 "file_names": f"<row in the class's .npy file, {DIGITS} digits>.png"}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest

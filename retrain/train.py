@@ -29,6 +29,7 @@ from retrain.data import (SHOWN_SKIPPED, ImageFolders, class_weights, describe_i
                           eval_dataset, image_channels, load_folders, steps_per_epoch, train_dataset, undecodable)
 from retrain.errors import BackboneError, DatasetError
 from retrain.faultpoints import reached
+from retrain.files import replacing
 from retrain.fileindex import FileIndex
 from retrain.plots import write_curves
 from retrain.runs import BestEpoch, best_epoch, describe_best, history
@@ -39,7 +40,7 @@ from retrain.progress import say
 # 96 px, 2 cores); 256 added 2% more.
 EXTRACT_BATCH = 128
 # Validation on cached rows: the batch does not change the result (a mean over the rows), and
-# few large batches cost less than many small ones (see bench/PERFORMANCE-HISTORY.md).
+# few large batches cost less than many small ones (see docs/benchmarks.md).
 CACHED_EVAL_BATCH = 1024
 
 # The validation set's size is unknown to Keras (a file that fails to decode is dropped, not
@@ -111,13 +112,9 @@ def fit(config: FitConfig, resume: bool = False, started: float | None = None) -
         trainer = _train(config, resume, run, out, dist, spec, alpha, image_size, channels, data,
                          facts, cache_root, index, started, locks)
         best = trainer.restore_best()
-        tmp = out / ".model.tmp.keras"
-        try:
+        with replacing(out / "model.keras", suffix=".keras") as tmp:  # Keras saves to *.keras only
             trainer.model.save(tmp)  # on every worker: saving may take part in collective ops
             reached("model-written")  # the whole model is in the temporary file, not yet in place
-            os.replace(tmp, out / "model.keras")
-        finally:
-            tmp.unlink(missing_ok=True)
         write_curves(out)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as err:
         if not dist.multi_worker:

@@ -47,10 +47,13 @@ def config(data: Path, runs: Path, name: str, cache_root: Path, **overrides) -> 
 
 
 def fit_in_process(cfg: FitConfig, resume: bool = False):
-    """retrain.train.fit(cfg) -> (FitResult, what it said on stderr)."""
+    """retrain.train.fit(cfg) -> (FitResult, what it said on stderr, shown as the CLI shows it)."""
     import tensorflow as tf
 
+    from retrain.progress import show_news
     from retrain.train import fit
+
+    show_news()
 
     tf.get_logger()  # bind TensorFlow's log handler to the real stderr, not the capture below
     err = io.StringIO()

@@ -1,5 +1,5 @@
 """The networks retrain defines: compact CNNs for doodles (grayscale, from scratch) and
-SqueezeNet v1.1 with the real Keras-1 weights file from ../shared."""
+SqueezeNet v1.1 with the real Keras-1 weights file (the `real_file` fixture)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ import json
 
 import numpy as np
 import pytest
-from fit_fixtures import SHARED_WEIGHTS, assert_one_error_line, column, fit_args, invoke, shared_file, write_png
+from fit_fixtures import assert_one_error_line, column, fit_args, invoke, write_png
 
 from retrain.backbones import get_spec
 from retrain.model import build_backbone, build_classifier
 
-SQUEEZENET_FILE = SHARED_WEIGHTS / "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
+SQUEEZENET_NAME = "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5"
 SQUEEZENET_MD5 = "80b66c92d79d4310e07fb60a297bf0d1"
+
+
+@pytest.fixture
+def squeezenet_file(real_file):
+    """The real SqueezeNet v1.1 no-top file (Keras 1 layout)."""
+    return real_file(f"weights/{SQUEEZENET_NAME}")
 
 
 def _full_params(name: str, classes: int = 345) -> int:
@@ -30,11 +36,11 @@ def test_compact_networks_at_28px_grayscale_with_345_classes(name, expected):
     assert _full_params(name) == expected
 
 
-def test_squeezenet_loads_the_keras1_file_by_layer_name():
+def test_squeezenet_loads_the_keras1_file_by_layer_name(squeezenet_file):
     """Every conv kernel and bias of the model equals the file's tensor of the same layer."""
     import h5py
 
-    path = shared_file(SQUEEZENET_FILE)
+    path = squeezenet_file
     assert hashlib.md5(path.read_bytes()).hexdigest() == SQUEEZENET_MD5
     model = build_backbone(get_spec("squeezenet"), 64, None, str(path))
     assert model.count_params() == 722_496
@@ -53,12 +59,11 @@ def test_squeezenet_loads_the_keras1_file_by_layer_name():
     assert checked == 1 + 8 * 3  # conv1 and three convolutions in each of 8 Fire modules
 
 
-def test_squeezenet_refuses_another_networks_file(tmp_path):
+def test_squeezenet_refuses_another_networks_file(tmp_path, mobilenet_v2_035):
     from retrain.errors import BackboneError
 
-    other = shared_file(SHARED_WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
     with pytest.raises(BackboneError, match="does not fit squeezenet"):
-        build_backbone(get_spec("squeezenet"), 64, None, str(other))
+        build_backbone(get_spec("squeezenet"), 64, None, str(mobilenet_v2_035))
 
 
 def test_caffe_preprocessing_matches_keras():
@@ -72,7 +77,7 @@ def test_caffe_preprocessing_matches_keras():
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
-def test_squeezenet_imagenet_weights_come_from_keras_cache(tmp_path, monkeypatch):
+def test_squeezenet_imagenet_weights_come_from_keras_cache(tmp_path, monkeypatch, squeezenet_file):
     """--weights imagenet finds the file in Keras' cache folder, or says where to put it."""
     data = tmp_path / "data"
     for side, n in (("train", 4), ("validation", 2)):
@@ -82,10 +87,10 @@ def test_squeezenet_imagenet_weights_come_from_keras_cache(tmp_path, monkeypatch
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     args = fit_args(data, tmp_path / "runs", "sq", backbone="squeezenet", weights="imagenet", image_size=40,
                     freeze="all", epochs=1, fine_tune_epochs=0)
-    assert_one_error_line(invoke(args), 1, "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    assert_one_error_line(invoke(args), 1, SQUEEZENET_NAME,
                           str(tmp_path / "keras" / "models"))
     (tmp_path / "keras" / "models").mkdir(parents=True)
-    (tmp_path / "keras" / "models" / SQUEEZENET_FILE.name).symlink_to(shared_file(SQUEEZENET_FILE))
+    (tmp_path / "keras" / "models" / SQUEEZENET_NAME).symlink_to(squeezenet_file)
     result = invoke(args)
     assert result.exit_code == 0, result.output
 
@@ -133,7 +138,7 @@ def test_compact_network_refuses_imagenet_weights(tmp_path):
     assert not (tmp_path / "runs" / "x").exists()
 
 
-def test_squeezenet_fine_tunes_with_photo_augmentations(tmp_path):
+def test_squeezenet_fine_tunes_with_photo_augmentations(tmp_path, squeezenet_file):
     """From the real ImageNet file, flips, crops and brightness, freeze at a Fire module:
     both phases run, the frozen Fire modules keep the file's weights."""
     from fit_fixtures import load_model, make_colour_data
@@ -143,13 +148,13 @@ def test_squeezenet_fine_tunes_with_photo_augmentations(tmp_path):
     data = make_colour_data(tmp_path / "data", train=6, validation=3)
     run = tmp_path / "runs" / "sq"
     result = invoke(fit_args(data, tmp_path / "runs", "sq", backbone="squeezenet",
-                             weights=str(shared_file(SQUEEZENET_FILE)), image_size=48,
+                             weights=str(squeezenet_file), image_size=48,
                              freeze="fire8_concat", augment="flip,crop,brightness", epochs=1,
                              fine_tune_epochs=1, learning_rate=0.001, fine_tune_learning_rate=0.0001))
     assert result.exit_code == 0, result.output
     assert len(column(run, "val_accuracy")) == 2
     backbone = load_model(run / "model.keras").get_layer("squeezenet")
-    kernels = squeezenet_kernels(SQUEEZENET_FILE)
+    kernels = squeezenet_kernels(squeezenet_file)
     np.testing.assert_array_equal(backbone.get_layer("fire8_expand3x3").kernel.numpy(), kernels["fire8_expand3x3"])
     assert not np.array_equal(backbone.get_layer("fire9_expand3x3").kernel.numpy(), kernels["fire9_expand3x3"])
 
@@ -180,5 +185,7 @@ def test_grayscale_run_evaluates_predicts_and_exports(tmp_path):
     assert served.structured_input_signature[1]["images"].shape.as_list() == [None, 28, 28, 1]
     result = invoke(["export", str(run), "--format", "tflite-int8", "--output", str(tmp_path / "m.tflite")])
     assert result.exit_code == 0, result.output
-    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tmp_path / "m.tflite"))
     assert list(interpreter.get_input_details()[0]["shape"]) == [1, 28, 28, 1]

@@ -1,0 +1,44 @@
+"""Writing a file so that no reader ever sees half of it: a temporary name beside it, then a
+rename. The one helper every module writes through. No TensorFlow.
+
+`os.replace` is atomic on POSIX within a file system: a reader sees the old file or the new
+one. The temporary name is unique to the process on its host (several workers, possibly on
+several hosts sharing a folder, may write the same file at once), hidden, and removed
+whatever happens (a full disk, an exception), so nothing half-written is left to trust.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def tmp_path(path: Path, suffix: str = "") -> Path:
+    """A temporary name beside `path`, unique to this process on this host; `suffix` for
+    writers that insist on one (Keras saves only to a name ending in .keras)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp{suffix}")
+
+
+@contextmanager
+def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write `path`'s new content to; when the block ends without
+    an error it is renamed onto `path`, otherwise removed."""
+    tmp = tmp_path(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, data: str | bytes, errors: str | None = None) -> None:
+    """Write text (UTF-8; `errors` as for str.encode) or bytes to `path`, all or nothing."""
+    with replacing(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8", errors=errors)
