@@ -1,7 +1,7 @@
 """Export formats side by side: size on disk, ms per image and test accuracy of a run's model
 as Keras (.keras), SavedModel, TFLite float32 and TFLite int8.
 
-Exports the run's checkpoint to a temporary folder in each format (`retrain.export`), then
+Exports the run's checkpoint to a temporary folder in each format (`retrain.exports`), then
 times each on the first --timed images of the test folder, one image a call (batch 1, as an
 app classifying a photo would) and in batches of 64, after a few warm-up calls; and scores
 each on the whole test folder. Keras and the SavedModel run on TensorFlow's own thread
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retrain.config import ExportConfig  # noqa: E402
 from retrain.data import eval_dataset  # noqa: E402
-from retrain.evaluate import labelled_split  # noqa: E402
-from retrain.export import TFLiteClassifier, export, size_on_disk  # noqa: E402
+from retrain.evaluation import labelled_split  # noqa: E402
+from retrain.exports import TFLiteClassifier, export, size_on_disk  # noqa: E402
 from retrain.runs import load_model  # noqa: E402
 
 WARM_UP = 5

@@ -31,7 +31,7 @@ from retrain.diskspace import FULL_ERRNOS, check_room, disk_full, reserve
 from retrain.errors import CacheError, DatasetError
 from retrain.faultpoints import reached
 from retrain.fileindex import file_digest
-from retrain.files import atomic_write, replacing
+from retrain.files import atomic_write, remove_stale, replacing
 from retrain.progress import bar
 
 
@@ -120,6 +120,7 @@ class SplitCache:
             with contextlib.suppress(OSError):  # the last-use stamp is a hint for `retrain cache clear`
                 os.utime(self.pointer)
             return old
+        remove_stale(self.folder)  # rows a killed extraction was writing
         where = {h: i for i, h in enumerate(old_hashes)} if old is not None else {}
         missing = [i for i, h in enumerate(hashes) if h not in where]
         digest = hashlib.sha1("".join(hashes).encode()).hexdigest()[:12]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import keras
@@ -101,3 +102,44 @@ class CheckpointSaver(keras.callbacks.Callback):
         reached("epoch-checkpoint-saved")
         if self.on_epoch_saved:
             self.on_epoch_saved(epoch + 1)
+
+
+class ProgressReport(keras.callbacks.Callback):
+    """Calls `report(progress)` after every training call's steps and after every epoch, with
+    a dict a caller (a notebook, a service) can show: phase, epoch (from 1, counted over both
+    phases) of epochs, step of steps within the epoch, the running loss, the last validation
+    accuracy, and eta_s, the seconds left in the current phase at its pace so far."""
+
+    def __init__(self, report: Callable[[dict], None], phase: int, epochs: int, phase_end: int,
+                 steps_per_epoch: int, first_step: int = 0):
+        super().__init__()
+        self.report, self.phase, self.epochs, self.phase_end = report, phase, epochs, phase_end
+        self.steps, self.offset = steps_per_epoch, first_step
+        self.epoch, self.val_accuracy = 0, None
+        self.started, self.first = 0.0, None  # when and at which of the run's steps this call began
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        if self.first is None:
+            self.first = epoch * self.steps + self.offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._send(self.offset + batch + 1, logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offset = 0
+        logs = logs or {}
+        self.val_accuracy = logs.get("val_accuracy", self.val_accuracy)
+        self._send(self.steps, logs)
+
+    def _send(self, step: int, logs: dict) -> None:
+        ran = self.epoch * self.steps + step - (self.first or 0)
+        pace = (time.monotonic() - self.started) / ran if ran > 0 else None
+        left = max((self.phase_end - self.epoch) * self.steps - step, 0)
+        self.report({"phase": self.phase, "epoch": self.epoch + 1, "epochs": self.epochs, "step": step,
+                     "steps": self.steps, "loss": float(logs["loss"]) if "loss" in logs else None,
+                     "val_accuracy": None if self.val_accuracy is None else float(self.val_accuracy),
+                     "eta_s": None if pace is None else round(left * pace, 1)})

@@ -70,6 +70,18 @@ def record_facts(path: Path, facts: dict) -> None:
     atomic_write(path / "run.json", json.dumps({**_read_json(path / "run.json"), **facts}, indent=2))
 
 
+def resumed_config(folder: Path, overrides: dict) -> FitConfig:
+    """The run's own config with the settings given now (a resume's); train.fit refuses the
+    changes a resume cannot make."""
+    import dataclasses
+
+    if "runs_dir" in overrides or "name" in overrides:
+        raise ConfigError("--resume names the run folder; --runs-dir and --name do not apply",
+                          str(folder), "drop --runs-dir and --name")
+    saved, _, _ = read_run(folder)
+    return dataclasses.replace(saved, runs_dir=str(folder.parent), name=folder.name, **overrides)
+
+
 # Format 1 runs: a setting added later gets the value the run had before the setting existed.
 SETTINGS_BEFORE_THEY_EXISTED = {"schedule": "constant", "distribute": "none", "feature_shift": 0}
 

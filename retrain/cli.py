@@ -300,7 +300,9 @@ def fit(
                   cache=cache, cache_dir=cache_dir, cache_budget=cache_budget, cache_views=cache_views,
                   feature_shift=feature_shift, distribute=distribute.value, time_budget=time_budget)
     if resume is not None:
-        config = run(lambda: _resumed_config(resume, {k: v for k, v in values.items() if k in given}))
+        from retrain.checkpoints import resumed_config
+
+        config = run(lambda: resumed_config(resume, {k: v for k, v in values.items() if k in given}))
     else:
         config = run(lambda: FitConfig(**values))
         if config.name is None:  # named here, so that Ctrl-C can say which run to resume
@@ -318,17 +320,6 @@ def _how_to_continue(run_dir: Path) -> str:
     if not (run_dir / "config.json").is_file():
         return "interrupted before the run folder was made; nothing to resume: rerun the same command"
     return f"interrupted; continue with: retrain fit --resume {shlex.quote(str(run_dir))}"
-
-
-def _resumed_config(folder: Path, overrides: dict) -> FitConfig:
-    """The run's own config with the flags given now; train.fit refuses shape changes."""
-    from retrain.checkpoints import read_run
-
-    if "runs_dir" in overrides or "name" in overrides:
-        raise ConfigError("--resume names the run folder; --runs-dir and --name do not apply",
-                          str(folder), "drop --runs-dir and --name")
-    saved, _, _ = read_run(folder)
-    return dataclasses.replace(saved, runs_dir=str(folder.parent), name=folder.name, **overrides)
 
 
 class _DashDash(typer.core.TyperCommand):
@@ -414,7 +405,7 @@ def evaluate(
     """Accuracy, top-k, per-class precision/recall/F1, confusion matrix; writes RUN/eval/<split>/."""
     config = run(lambda: EvaluateConfig(run=str(run_dir), split=split.value if split else None, data=data,
                                         checkpoint=checkpoint.value, model=model, batch_size=batch_size))
-    from retrain.evaluate import evaluate as job, format_report
+    from retrain.evaluation import evaluate as job, format_report
 
     typer.echo(format_report(run(lambda: job(config))))
 
@@ -431,7 +422,7 @@ def predict(
     """Top-k labels with probabilities for each image; exit 1 if any image could not be read."""
     config = run(lambda: PredictConfig(run=str(run_dir), inputs=tuple(images), top_k=top_k,
                                        checkpoint=checkpoint.value, batch_size=batch_size))
-    from retrain.predict import format_json, format_table, predict as job
+    from retrain.prediction import format_json, format_table, predict as job
 
     results = run(lambda: job(config))
     for failed in (r for r in results if r.error is not None):
@@ -460,7 +451,7 @@ def export(
     config = run(lambda: ExportConfig(run=str(run_dir), format=export_format.value, output=output,
                                       checkpoint=checkpoint.value,
                                       representative_images=representative_images, seed=seed))
-    from retrain.export import export as job
+    from retrain.exports import export as job
 
     typer.echo(run(lambda: job(config)))
 

@@ -24,7 +24,7 @@ from retrain.fileindex import FileIndex
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DECODABLE = {"JPEG", "PNG", "BMP", "GIF"}  # what tf.io.decode_image reads
-SHOWN_SKIPPED = 5
+SHOWN_SKIPPED = 50  # files named in the one line that reports skipped files; `retrain check` names all
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,8 @@ def load_folders(data_dir: str | Path, validation_split: float, index: FileIndex
 
 def describe_skipped(skipped: tuple[str, ...]) -> str:
     shown = ", ".join(skipped[:SHOWN_SKIPPED])
-    more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+    more = f" and {len(skipped) - SHOWN_SKIPPED} more (`retrain check` names each, with why)" \
+        if len(skipped) > SHOWN_SKIPPED else ""
     return f"skipped {len(skipped)} unreadable image(s): {shown}{more}"
 
 

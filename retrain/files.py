@@ -10,6 +10,7 @@ whatever happens (a full disk, an exception), so nothing half-written is left to
 from __future__ import annotations
 
 import os
+import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +43,28 @@ def atomic_write(path: Path, data: str | bytes, errors: str | None = None) -> No
             tmp.write_bytes(data)
         else:
             tmp.write_text(data, encoding="utf-8", errors=errors)
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove the temporaries that processes of this host left in `folder` when they died
+    (kill -9, a power cut: no `finally` ran). Ours by their name (tmp_path's), and provably
+    abandoned: the process id in the name is not running. -> what was removed."""
+    host = socket.gethostname()
+    pattern = re.compile(rf"\..+\.{re.escape(host)}\.(\d+)\.tmp(\.\w+)?")
+    removed = []
+    for path in Path(folder).glob(".*.tmp*"):
+        found = pattern.fullmatch(path.name)
+        if found and path.is_file() and not _running(int(found.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

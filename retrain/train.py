@@ -16,32 +16,28 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from retrain import checkpoints as ckpts
-from retrain import distribute
+from retrain import distribute, schedule
 from retrain.backbones import check_alpha, check_image_size, check_weights, get_spec
 from retrain.cache import default_cache_dir, open_cache_dir
-from retrain.config import (HEAD_RATE, HEAD_RATE_STEPS, FitConfig, default_run_name, head_learning_rate,
-                            parse_duration, parse_size)
+from retrain.config import FitConfig, default_run_name, parse_duration
 from retrain.data import (SHOWN_SKIPPED, ImageFolders, class_weights, describe_ignored, describe_skipped,
-                          eval_dataset, image_channels, load_folders, steps_per_epoch, train_dataset, undecodable)
+                          image_channels, load_folders, steps_per_epoch, undecodable)
 from retrain.errors import BackboneError, DatasetError
 from retrain.faultpoints import reached
-from retrain.files import replacing
+from retrain.files import remove_stale, replacing
 from retrain.fileindex import FileIndex
+from retrain.inputs import InputPlan
 from retrain.plots import write_curves
+from retrain.state import TrainingState
 from retrain.runs import BestEpoch, best_epoch, describe_best, history
 from retrain.progress import say
 
 
-# Forward passes that fill the cache: 128 measured 16% faster than 64 here (MobileNetV2 0.35,
-# 96 px, 2 cores); 256 added 2% more.
-EXTRACT_BATCH = 128
-# Validation on cached rows: the batch does not change the result (a mean over the rows), and
-# few large batches cost less than many small ones (see docs/benchmarks.md).
-CACHED_EVAL_BATCH = 1024
 
 # The validation set's size is unknown to Keras (a file that fails to decode is dropped, not
 # fatal), so it learns the end of each validation pass by running out, and warns each time.
@@ -52,12 +48,22 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 class FitResult:
     run: Path
     model_path: Path
-    best_val_accuracy: float
+    best_val_accuracy: float  # the best epoch's (lowest validation loss)
     epochs_done: int
     features_computed: int  # bottleneck rows this call computed (0 when all came from the cache)
+    best: BestEpoch | None = None
 
 
-def fit(config: FitConfig, resume: bool = False, started: float | None = None) -> FitResult:
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller adds to training: Keras callbacks, and a function that receives progress
+    dicts (retrain/callbacks.py, ProgressReport) after every training call and epoch."""
+
+    callbacks: tuple = ()
+    on_progress: Callable[[dict], None] | None = None
+
+
+def fit(config: FitConfig, resume: bool = False, started: float | None = None, hooks: Hooks = Hooks()) -> FitResult:
     """Train (or, with resume, continue) the run `config.runs_dir/config.name`. `started`:
     the `time.monotonic()` that --time-budget counts from (default: now)."""
     started = time.monotonic() if started is None else started
@@ -110,7 +116,7 @@ def fit(config: FitConfig, resume: bool = False, started: float | None = None) -
     locks = contextlib.ExitStack()  # the run folder's lock, taken by _train, held to the end
     try:
         trainer = _train(config, resume, run, out, dist, spec, alpha, image_size, channels, data,
-                         facts, cache_root, index, started, locks)
+                         facts, cache_root, index, started, locks, hooks)
         best = trainer.restore_best()
         with replacing(out / "model.keras", suffix=".keras") as tmp:  # Keras saves to *.keras only
             trainer.model.save(tmp)  # on every worker: saving may take part in collective ops
@@ -127,12 +133,12 @@ def fit(config: FitConfig, resume: bool = False, started: float | None = None) -
     model_path = run / "model.keras"
     say(f"done: {describe_best(best)}; model saved to {model_path}" + ("" if dist.is_chief else " by the chief"))
     return FitResult(run, model_path, best.val_accuracy if best else float("nan"), trainer.epochs_done,
-                     trainer.cache_computed)
+                     trainer.cache_computed, best)
 
 
 def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, alpha, image_size: int,
            channels: int, data: ImageFolders, facts: dict, cache_root: Path, index: FileIndex,
-           started: float, locks: contextlib.ExitStack) -> "_Trainer":
+           started: float, locks: contextlib.ExitStack, hooks: Hooks) -> "_Trainer":
     """Build the model in the strategy's scope and train it, holding the run folder's lock
     (`locks`, which the caller releases); -> the trainer, done."""
     import keras
@@ -165,6 +171,7 @@ def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, al
                                         config.dropout_rate, config.augment, config.seed)
         if resume and out == run:  # the chief's: the one process that writes the run folder
             locks.enter_context(ckpts.run_lock(run))
+            remove_stale(run)  # e.g. the model.keras a killed process was writing
         # Every worker resumes from the chief's run folder (shared storage across hosts).
         prefix = ckpts.latest(run / "ckpt", repair=out == run) if resume else None
         if config.init_from and prefix is None:  # also a resume killed before its first checkpoint
@@ -177,7 +184,7 @@ def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, al
         # A network trained from scratch has no features worth a head-only phase.
         single_phase = spec.from_scratch and facts["freeze_layers"] == 0
         trainer = _Trainer(config, out, model, backbone, data, image_size, facts["freeze_layers"],
-                           cache_root, index, single_phase, dist, started, facts.get(PLANNED))
+                           cache_root, index, single_phase, dist, started, facts.get(PLANNED), hooks)
         trainer.run(prefix)
     return trainer
 
@@ -210,32 +217,33 @@ class _Trainer:
     def __init__(self, config: FitConfig, run: Path, model, backbone, data: ImageFolders,
                  image_size: int, freeze_layers: int, cache_root: Path, index: FileIndex,
                  single_phase: bool = False, dist: distribute.Distribution | None = None,
-                 started: float | None = None, planned: int | None = None):
-        import tensorflow as tf
-
+                 started: float | None = None, planned: int | None = None, hooks: Hooks = Hooks()):
+        self.hooks = hooks
         self.config, self.run_dir, self.model, self.backbone = config, run, model, backbone
         self.data, self.image_size, self.freeze_layers = data, image_size, freeze_layers
         self.dist = dist or distribute.create("none")
         # Datasets are batched by the global batch; the strategy splits it among the replicas.
         self.batch_size = config.batch_size * self.dist.replicas
         self.steps = steps_per_epoch(data.train, self.batch_size)
-        self.cache_root, self.index, self.single_phase = cache_root, index, single_phase
-        self.channels = int(model.input.shape[-1])
-        self.cache_computed = 0  # bottleneck rows computed by this process (tests count them)
-        self._weights_key = None
-        self._hashes: dict[str, list[str]] = {}  # content hashes per split, read once per run
-        self.state = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
-                      for name in ("phase", "epoch", "step", "phase_start")}
-        self.state["best_val_loss"] = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
-        from retrain.callbacks import MAX_LOGS
-
-        self.state["partial_logs"] = tf.Variable(np.zeros(MAX_LOGS), dtype=tf.float64, trainable=False)
-        # Dropout's and the augmentations' random state: not in model.weights, so saved here.
-        self.seed_vars = [v for v in model.variables if "seed_generator_state" in v.path]
+        self.single_phase = single_phase
+        self.inputs = InputPlan(config, model, backbone, data, image_size, freeze_layers, cache_root, index,
+                                self.batch_size, self.fine_tunes)
+        self.training_state = TrainingState(model)
+        self.state, self.seed_vars = self.training_state.variables, self.training_state.seeds
         self.epochs_done = 0
         self.started = time.monotonic() if started is None else started  # --time-budget counts from it
         self.planned = planned  # phase 2's epochs as --time-budget planned them (run.json), or None
         self.head_only = self.writes_head_only  # this run's phase-1 checkpoints: set by run()
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether a phase 2 follows phase 1."""
+        return not self.single_phase and self.freeze_layers < len(self.backbone.layers) \
+            and self.config.fine_tune_epochs > 0
+
+    @property
+    def cache_computed(self) -> int:
+        return self.inputs.computed
 
     @property
     def fine_tune_epochs(self) -> int:
@@ -249,11 +257,11 @@ class _Trainer:
         # 3. a phase-2 checkpoint: switch to phase 2 as an uninterrupted run would (unfreeze,
         #    recompile with a fresh optimizer), then restore it. Restoring a phase-1 optimizer
         #    into phase 2 would bring back phase 1's learning rate and step count.
-        state = ckpts.read_state(prefix) if prefix else None
+        state = TrainingState.saved_in(prefix)
         # Phase 1 writes head-only checkpoints, unless it resumes one made before they existed.
         resumes_whole = bool(state and state["phase"] == 1 and not ckpts.is_head_only(prefix))
         self.head_only = self.writes_head_only and not self.single_phase and not resumes_whole
-        if self.config.time_budget is not None and not self._fine_tunes():
+        if self.config.time_budget is not None and not self.fine_tunes:
             say(f"--time-budget {self.config.time_budget}: no fine-tuning follows, nothing to plan; "
                 f"phase 1's {self.config.epochs} epochs run as given")
         if state:
@@ -266,7 +274,8 @@ class _Trainer:
             ckpts.restore_weights(self.model, self.backbone, prefix).expect_partial()
         if state is None or state["phase"] == 1:
             start, step = (state["epoch"], state["step"]) if state else (0, 0)
-            self._compile(1, 0 if self.single_phase else self.backbone_layers, *self._head_rate())
+            self._compile(1, 0 if self.single_phase else self.backbone_layers,
+                          *schedule.head_rate(self.config, self.steps, self.single_phase))
             if state is None and self.head_only:  # phase 1 from its start: on every worker alike
                 ckpts.save_frozen(self.run_dir, self.backbone)
                 reached("frozen-saved")
@@ -278,7 +287,7 @@ class _Trainer:
             self._fit(0, start, phase1_end, step)
         else:
             phase1_end = state["phase_start"]
-        if not self._fine_tunes():
+        if not self.fine_tunes:
             return
         reached("phase-switch")
         self._compile(2, self.freeze_layers, self.config.fine_tune_learning_rate)
@@ -292,16 +301,6 @@ class _Trainer:
     def backbone_layers(self) -> int:
         return len(self.backbone.layers)
 
-    def _head_rate(self) -> tuple[float, str]:
-        """Phase 1's learning rate, and how it was chosen when --learning-rate was not given."""
-        if self.config.learning_rate is not None:
-            return self.config.learning_rate, ""
-        if self.single_phase:  # a network from scratch: not a head on fixed features
-            return HEAD_RATE, ""
-        steps = self.config.epochs * self.steps
-        rate = head_learning_rate(steps)
-        return rate, f" (for {steps:,} head step{'s' if steps != 1 else ''}: 1e-3 x sqrt({HEAD_RATE_STEPS:,} / steps), within [1e-3, 1e-2])"
-
     def _compile(self, phase: int, frozen: int, learning_rate: float, how: str = "") -> None:
         import keras
         import tensorflow as tf
@@ -309,7 +308,8 @@ class _Trainer:
         from retrain.model import set_frozen
 
         set_frozen(self.backbone, frozen)
-        self._choose_inputs(phase, frozen)
+        phase_inputs = self.inputs.compute_or_reuse(phase, frozen)  # heavy on a cold cache
+        self.trainee, self.train_data, self.val = phase_inputs.trainee, phase_inputs.train_data, phase_inputs.val
         if phase == 2 and self.config.time_budget is not None:
             self._plan_fine_tuning(learning_rate)
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
@@ -323,27 +323,20 @@ class _Trainer:
         per_call = 1
         if self.trainee is not self.model and not self.config.save_every_steps:
             per_call = distribute.steps_per_execution(self.dist, self.steps)
-        self.trainee.compile(optimizer=keras.optimizers.Adam(self._schedule(phase, learning_rate)),
-                             loss=self._loss(), metrics=metrics, steps_per_execution=per_call)
+        epochs = self.config.epochs if phase == 1 else self.fine_tune_epochs
+        self.trainee.compile(optimizer=schedule.optimizer(self.config, learning_rate, epochs, self.steps),
+                             loss=schedule.loss(self.config), metrics=metrics, steps_per_execution=per_call)
         distribute.prepare_model(self.trainee, self.dist)
         self.trainee.optimizer.build(self.trainee.trainable_variables)  # so a restore fills it now
         self.state["phase"].assign(phase)
         weights = {ckpts.HEAD: ckpts.head_layers(self.model, self.backbone)} if phase == 1 and self.head_only \
             else {"model": self.model}  # see retrain/checkpoints.py
-        self.checkpoint = tf.train.Checkpoint(**weights, optimizer=self.trainee.optimizer,
-                                              seeds={f"s{i}": v.value for i, v in enumerate(self.seed_vars)},
-                                              **self.state)
+        self.checkpoint = self.training_state.checkpoint(weights, self.trainee.optimizer)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "ckpt"),
                                                   max_to_keep=self.config.keep_checkpoints)
         self.best = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir / "best"), max_to_keep=1)
         trainable = sum(int(np.prod(v.shape)) for v in self.trainee.trainable_variables)
-        say(f"phase {phase}: {trainable:,} trainable parameters, learning rate {learning_rate:.3g}{how}"
-            + ("; cosine: warm-up, then decay to 0" if self.config.schedule == "cosine" else ""))
-
-    def _loss(self):
-        import keras
-
-        return keras.losses.CategoricalCrossentropy(label_smoothing=self.config.label_smoothing)
+        say(schedule.describe(self.config, phase, trainable, learning_rate, how))
 
     def _plan_fine_tuning(self, learning_rate: float) -> None:
         """Set phase 2's epochs from --time-budget: the plan run.json holds, else a new one
@@ -356,7 +349,7 @@ class _Trainer:
 
         from retrain import budget
 
-        cost = budget.measure(self.trainee, self.model, keras.optimizers.Adam(learning_rate), self._loss(),
+        cost = budget.measure(self.trainee, self.model, keras.optimizers.Adam(learning_rate), schedule.loss(self.config),
                               self.train_data(0, 1), self.val, self.steps, len(self.data.validation.files))
         left = parse_duration(self.config.time_budget) - (time.monotonic() - self.started)
         self.planned = budget.plan_epochs(left, cost, self.config.fine_tune_epochs)
@@ -364,183 +357,26 @@ class _Trainer:
         ckpts.record_facts(self.run_dir, {PLANNED: self.planned, "time_budget_plan": line})
         say(f"phase 2: {line}")
 
-    def _schedule(self, phase: int, learning_rate: float):
-        """The phase's learning rate: constant, or (cosine) a linear warm-up over its first
-        epoch (at most a tenth of its steps) then a cosine decay to 0 at its last step. A
-        function of the optimizer's step count, which checkpoints keep: resume stays exact."""
+    def _callbacks(self, step: int, end: int) -> list:
+        """Ours for a fit call ending at epoch `end` whose first epoch has `step` steps done,
+        then the caller's (Hooks)."""
         import keras
 
-        if self.config.schedule == "constant":
-            return learning_rate
-        total = (self.config.epochs if phase == 1 else self.fine_tune_epochs) * self.steps
-        warmup = min(self.steps, total // 10)
-        return keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else learning_rate, decay_steps=max(1, total - warmup),
-            warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
-
-    def _choose_inputs(self, phase: int, frozen: int) -> None:
-        """Images through the whole model, or cached bottlenecks through its trainable top.
-
-        Sets `trainee` (the model fit trains), `train_data(first, end, skip)` and `val`."""
-        self.trainee = self.model
-        self.train_data = lambda first, end, skip=0: train_dataset(
-            self.data.train, self.data.num_classes, self.image_size, self.batch_size,
-            self.config.seed, first, end, skip, self.channels)
-        self.val = eval_dataset(self.data.validation, self.data.num_classes, self.image_size,
-                                self.batch_size, self.channels, skip_errors=False)
-        plan = self._cache_plan(phase, frozen)
-        if isinstance(plan, str):
-            say(f"phase {phase}: reading images every epoch ({plan})")
-            return
-        from retrain import bottleneck
-
-        top, extractor = plan
-        # Phase 1 before a cached phase 2: cache the activations at the freeze point first and
-        # compute the pooled features from them (the layers above it only), rather than
-        # running the bottom of the network over every image twice.
-        bottom = self._phase2_extractor() if phase == 1 else None
-        via = ""
-        if bottom is None:
-            (train, val), computed = self._cache_rows(None if phase == 1 else frozen, self._from_images(extractor))
-        else:
-            from retrain.model import features_from_boundary
-
-            (train_b, val_b), computed_b = self._cache_rows(self.freeze_layers, self._from_images(bottom))
-            self.cache_computed += computed_b
-            say(f"phase 1: cached the activations at the freeze point for phase 2 "
-                f"{tuple(bottom.output.shape[1:])} ({len(train_b.labels) + len(val_b.labels) - computed_b:,} "
-                f"rows reused, {computed_b:,} computed)")
-            upper = features_from_boundary(self.model, self.backbone, self.freeze_layers)
-            extract = {name: bottleneck.from_rows_fn(upper, split.files, rows.views[0], EXTRACT_BATCH)
-                       for name, split, rows in (("train", self.data.train, train_b),
-                                                 ("validation", self.data.validation, val_b))}
-            (train, val), computed = self._cache_rows(None, extract, via=self.freeze_layers)
-            via = f"; from the cached activations at {self.backbone.layers[self.freeze_layers - 1].name}"
-        total = len(train.labels) * len(train.views) + len(val.labels)
-        say(f"phase {phase}: training on cached {'features' if phase == 1 else 'activations'} "
-            f"{tuple(extractor.output.shape[1:])} ({total - computed:,} rows reused, "
-            f"{computed:,} computed, in {self.cache_root}{via})")
-        self.cache_computed += computed
-        self.trainee = top
-        self.train_data = lambda first, end, skip=0: bottleneck.train_dataset(
-            train, self.batch_size, self.config.seed, first, end, skip, self.config.feature_shift)
-        self.val = bottleneck.eval_dataset_cached(val, max(self.batch_size, CACHED_EVAL_BATCH))
-
-    def _fine_tunes(self) -> bool:
-        """Whether a phase 2 follows phase 1."""
-        return not self.single_phase and self.freeze_layers < self.backbone_layers \
-            and self.config.fine_tune_epochs > 0
-
-    def _phase2_extractor(self):
-        """The extractor of phase 2's cached activations when phase 2 will train on them from
-        the same, unaugmented images; else None."""
-        if not self._fine_tunes() or self.config.augment:
-            return None
-        plan = self._cache_plan(2, self.freeze_layers)
-        return None if isinstance(plan, str) else plan[1]
-
-    def _cache_plan(self, phase: int, frozen: int):
-        """-> (the trainable top, the extractor of its cached inputs), or why phase `phase`
-        reads images instead."""
-        from retrain import bottleneck
-        from retrain.model import feature_extractor, trainable_top
-
-        why_not = self._why_not_cached(phase, frozen)
-        if why_not:
-            unshifted = "; --feature-shift applies to cached activations only" \
-                if phase == 2 and self.config.feature_shift else ""
-            return why_not + unshifted
-        boundary = None if phase == 1 else frozen
-        try:
-            top = trainable_top(self.model, self.backbone, boundary)
-        except ValueError:
-            return (f"a skip connection crosses the freeze point, layer {frozen}; "
-                    "a named freeze point has none")
-        extractor = feature_extractor(self.model, self.backbone, boundary)
-        views = self.config.cache_views if self.config.augment else 1
-        size = bottleneck.boundary_bytes(extractor.output.shape[1:],
-                                         len(self.data.train.files) * views + len(self.data.validation.files))
-        if phase == 2 and size > parse_size(self.config.cache_budget):
-            return f"its cache would take {size / 2**30:.2f} GiB, over --cache-budget {self.config.cache_budget}"
-        return top, extractor
-
-    def _from_images(self, extractor) -> dict:
-        """split name -> the extractor's pass over that split's images (training mode for
-        augmented training views, so the augmentations are active)."""
-        from retrain import bottleneck
-
-        plain = bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=False)
-        return {"train": bottleneck.extract_fn(extractor, self.image_size, EXTRACT_BATCH, training=True)
-                if self.config.augment else plain, "validation": plain}
-
-    def _cache_rows(self, boundary: int | None, extract: dict, via: int | None = None):
-        """-> ((train rows, validation rows), how many computed) for the pooled features
-        (boundary None) or the activations at `boundary`, computed by `extract[split]`: from
-        the images, or (`via`) from the activations cached at layer `via`."""
-        from retrain import bottleneck
-
-        # The boundary by position: layer names can carry a per-process counter (input_layer_3).
-        key = self._cache_key("features" if boundary is None else f"layer {boundary}")
-        if via is not None:  # the rows differ from a direct pass by the float16 rounding at `via`
-            key["via"] = f"layer {via}"
-        common = dict(num_classes=self.data.num_classes, folder_root=self.cache_root)
-        views = self.config.cache_views if self.config.augment else 1
-        augmented = bool(self.config.augment)  # (with --cache-views K >= 1, or we would not be here)
-        for name, split in (("train", self.data.train), ("validation", self.data.validation)):
-            if name not in self._hashes:
-                self._hashes[name] = self.index.hashes(split.files)
-        train, computed = bottleneck.cache_split(
-            key={**key, "augment": list(self.config.augment), "seed": self.config.seed} if augmented else key,
-            split_name="train", split=self.data.train, hashes=self._hashes["train"], views=views,
-            set_view=self._set_view if augmented else None, extract=extract["train"], **common)
-        val, computed_val = bottleneck.cache_split(key=key, split_name="validation", split=self.data.validation,
-                                                   hashes=self._hashes["validation"], extract=extract["validation"],
-                                                   **common)
-        return (train, val), computed + computed_val
-
-    def _why_not_cached(self, phase: int, frozen: int) -> str:
-        if not self.config.cache:
-            return "--no-cache"
-        if frozen == 0:
-            return "nothing is frozen"
-        if self.config.augment and not self.config.cache_views:
-            return "--augment without --cache-views"
-        return ""
-
-    def _cache_key(self, boundary: str) -> dict:
-        from retrain.cache import weights_digest
-
-        if self._weights_key is None:
-            spec_weights = self.config.backbone if self.config.backbone.startswith("hub:") \
-                else weights_digest(self.config.weights)
-            init = ckpts.init_checkpoint(Path(self.config.init_from)) if self.config.init_from else None
-            self._weights_key = {"weights": spec_weights,
-                                 "init_from": [str(Path(init).resolve()), weights_digest(f"{init}.index")]
-                                 if init else None,
-                                 "seed": self.config.seed if self.config.weights == "none" else None}
-        return {"version": 1, "backbone": self.config.backbone, "alpha": self.config.alpha,
-                "image_size": self.image_size, "boundary": boundary, **self._weights_key}
-
-    def _set_view(self, view: int) -> None:
-        from retrain.callbacks import seed_value
-
-        augment = self.model.get_layer("augment")
-        for i, v in enumerate(x for x in augment.variables if "seed_generator_state" in x.path):
-            v.assign(np.asarray(seed_value(self.config.seed + 1, view, i), dtype=v.dtype))
-
-    def _callbacks(self, step: int) -> list:
-        import keras
-
-        from retrain.callbacks import CheckpointSaver, CompleteResumedEpoch, EpochSeeds
+        from retrain.callbacks import CheckpointSaver, CompleteResumedEpoch, EpochSeeds, ProgressReport
 
         before = step * self.batch_size
         complete = [CompleteResumedEpoch(self.state["partial_logs"].numpy(), before,
                                          len(self.data.train.files) - before)] if step else []
-        return complete + [keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
-                keras.callbacks.TensorBoard(str(self.run_dir / "logs"), write_graph=False),
-                EpochSeeds(self.seed_vars, self.config.seed, skip_first=bool(step)),
-                CheckpointSaver(self.state, self.manager, self.best, self.steps,
-                                self.config.save_every_steps, step, self._epoch_saved)]
+        ours = complete + [keras.callbacks.CSVLogger(str(self.run_dir / "history.csv"), append=True),
+                           keras.callbacks.TensorBoard(str(self.run_dir / "logs"), write_graph=False),
+                           EpochSeeds(self.seed_vars, self.config.seed, skip_first=bool(step)),
+                           CheckpointSaver(self.state, self.manager, self.best, self.steps,
+                                           self.config.save_every_steps, step, self._epoch_saved)]
+        if self.hooks.on_progress is not None:
+            epochs = self.config.epochs + (self.fine_tune_epochs if self.fine_tunes else 0)
+            ours.append(ProgressReport(self.hooks.on_progress, int(self.state["phase"].numpy()), epochs, end,
+                                       self.steps, step))
+        return ours + list(self.hooks.callbacks)
 
     def _epoch_saved(self, epochs_done: int) -> None:
         self.epochs_done = epochs_done
@@ -559,7 +395,7 @@ class _Trainer:
             self._fit_epochs(start, end, step, weights, verbose)
         except tf.errors.InvalidArgumentError as err:  # an image the pre-flight check passed did not decode
             bad = [f for split in (self.data.train, self.data.validation)
-                   for f in undecodable(split, self.image_size, self.channels)]
+                   for f in undecodable(split, self.image_size, self.inputs.channels)]
             if not bad:
                 raise
             raise DatasetError(f"{len(bad)} image(s) passed the pre-flight check but TensorFlow cannot decode them",
@@ -571,13 +407,13 @@ class _Trainer:
             ds = self.train_data(start, start + 1, step)
             self.trainee.fit(ds, steps_per_epoch=self.steps - step, epochs=start + 1, initial_epoch=start,
                            validation_data=self.val, class_weight=weights, shuffle=False,
-                           callbacks=self._callbacks(step), verbose=verbose)
+                           callbacks=self._callbacks(step, end), verbose=verbose)
             start += 1
         if start < end:
             ds = self.train_data(start, end)
             self.trainee.fit(ds, steps_per_epoch=self.steps, epochs=end, initial_epoch=start,
                            validation_data=self.val, class_weight=weights, shuffle=False,
-                           callbacks=self._callbacks(0), verbose=verbose)
+                           callbacks=self._callbacks(0, end), verbose=verbose)
 
     def restore_best(self) -> "BestEpoch | None":
         """Put the best epoch's weights into the model, the weights model.keras keeps (as Keras'

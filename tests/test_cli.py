@@ -45,8 +45,8 @@ def test_python_dash_m_retrain_help():
 
 @pytest.mark.parametrize("module", ["retrain.config", "retrain.errors", "retrain.prepare",
                                     "retrain.quickdraw", "retrain.download", "retrain.progress",
-                                    "retrain.check", "retrain.runs", "retrain.plots", "retrain.evaluate",
-                                    "retrain.predict", "retrain.export", "retrain.cache", "retrain.cachehome",
+                                    "retrain.check", "retrain.runs", "retrain.plots", "retrain.evaluation",
+                                    "retrain.prediction", "retrain.exports", "retrain.cache", "retrain.cachehome",
                                     "retrain.diskspace"])
 def test_module_does_not_import_tensorflow(module):
     """Config, errors, the prepare modules and the after-fit commands' modules load without

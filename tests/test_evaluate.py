@@ -13,7 +13,7 @@ from PIL import Image
 
 from fit_fixtures import assert_one_error_line, invoke
 from run_fixtures import LABELS, PER_SPLIT, TOY_COLOURS, make_toy_split, trained_run
-from retrain.evaluate import compute_metrics, top_k_values
+from retrain.evaluation import compute_metrics, top_k_values
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def test_tflite_float_and_int8_against_keras(run):
     """Both TFLite models evaluated beside the Keras model on the toy's test split: float32
     matches it exactly; the int8 model (uint8 raw pixels in with scale 1, uint8 out, no float
     tensor inside) stays within a point of it, as the issue's target asks of CIFAR-10."""
-    from retrain.export import TFLiteClassifier
+    from retrain.exports import TFLiteClassifier
 
     float_path = export(run, "tflite")
     int8_path = export(run, "tflite-int8", "--representative-images", "20")

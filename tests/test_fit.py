@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fit_fixtures import (COLOURS, MOBILENET_V2_035, assert_one_error_line, column, fit_args,
+from fit_fixtures import (COLOURS, assert_one_error_line, column, fit_args,
                           history_rows, hub_features, invoke, kill_when, latest_checkpoint_number,
                           load_model, make_colour_data, make_colour_split, make_hub_module,
                           model_weights, read_history, resumed_from, shuffle_labels, start_fit,
@@ -510,18 +510,18 @@ def test_preflight_errors_come_before_tensorflow(layouts, tmp_path):
     assert tf_imported is False
 
 
-def test_weights_file_for_another_backbone(layouts, tmp_path):
+def test_weights_file_for_another_backbone(layouts, tmp_path, mobilenet_v2_035):
     """A weights file that does not fit the backbone: exit 1, one error line."""
     result = invoke(fit_args(layouts["good"], tmp_path / "runs", "x", backbone="mobilenet",
-                             alpha=0.25, weights=str(MOBILENET_V2_035)))
+                             alpha=0.25, weights=str(mobilenet_v2_035)))
     assert_one_error_line(result, 1, "the weights file does not fit mobilenet")
 
 
-def test_weights_file_for_another_backbone_leaves_no_run(layouts, tmp_path):
+def test_weights_file_for_another_backbone_leaves_no_run(layouts, tmp_path, mobilenet_v2_035):
     """...and leaves no run folder behind, so the same command with the right file (same
     --name) can start."""
     result = invoke(fit_args(layouts["good"], tmp_path / "runs", "x", backbone="mobilenet",
-                             alpha=0.25, weights=str(MOBILENET_V2_035)))
+                             alpha=0.25, weights=str(mobilenet_v2_035)))
     assert result.exit_code == 1
     assert not (tmp_path / "runs" / "x").exists(), sorted(p.name for p in (tmp_path / "runs" / "x").iterdir())
 
@@ -594,7 +594,8 @@ def test_backbones_lists_the_registry():
 
 # --- kill -9 at named points (retrain/faultpoints.py; bench/faults.py tries them all) --------
 
-KILL_POINTS = {"cache-file-written": "cache-file-written", "best-saved": "best-saved:2",
+KILL_POINTS = {"extract-batch": "extract-batch:1", "cache-file-written": "cache-file-written",
+               "best-saved": "best-saved:2",
                "phase-switch": "phase-switch", "model-written": "model-written"}
 
 
@@ -634,7 +635,8 @@ def killed_at_points(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(KILL_POINTS))
 def test_kill_at_a_named_point_then_resume_equals_uninterrupted(killed_at_points, name):
-    """Killed after the cache file is renamed into place but before its pointer names it,
+    """Killed while the cache's rows are being written (a temporary of a dead process),
+    after the cache file is renamed into place but before its pointer names it,
     after best/ is saved but before ckpt/, between the phases, and with the whole model in
     its temporary file: the resume ends with the uninterrupted run's history and weights,
     and leaves no temporary file behind."""

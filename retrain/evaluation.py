@@ -44,7 +44,7 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     loaded = load_model(config.run, config.checkpoint)
     tflite = None
     if config.model is not None:
-        from retrain.export import TFLiteClassifier
+        from retrain.exports import TFLiteClassifier
 
         tflite = TFLiteClassifier(config.model)
         if (tflite.image_size, tflite.num_classes) != (loaded.image_size, len(labels)):
