@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RETRAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = Path(os.environ.get("RETRAIN_TEST_DATA") or os.environ.get("RETRAIN_SHARED_DATA") or REPO.parent / "shared" / "data")
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
 

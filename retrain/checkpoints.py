@@ -215,13 +215,16 @@ def restore_frozen(backbone, prefix: str) -> None:
     tf.train.Checkpoint(backbone=backbone).restore(frozen).assert_existing_objects_matched()
 
 
-def restore_weights(model, backbone, prefix: str):
+def restore_weights(model, backbone, prefix: str, backbone_is_frozen: bool = False):
     """Restore the model's weights from a checkpoint of either kind; -> the restore status
-    (the caller asserts what it needs, and expects the rest partial)."""
+    (the caller asserts what it needs, and expects the rest partial). `backbone_is_frozen`:
+    the backbone already holds frozen/'s weights (nothing fine-tuned it since), so a
+    head-only checkpoint needs its head only (an InceptionV3 backbone is 84 MB to read)."""
     import tensorflow as tf
 
     if is_head_only(prefix):
-        restore_frozen(backbone, prefix)
+        if not backbone_is_frozen:
+            restore_frozen(backbone, prefix)
         return tf.train.Checkpoint(**{HEAD: head_layers(model, backbone)}).restore(prefix)
     return tf.train.Checkpoint(model=model).restore(prefix)
 

@@ -419,6 +419,7 @@ class _Trainer:
         """Put the best epoch's weights into the model, the weights model.keras keeps (as Keras'
         EarlyStopping(restore_best_weights=True) does); -> that epoch, None if none was logged."""
         prefix = ckpts.latest(self.run_dir / "best")
-        if prefix is not None:
-            ckpts.restore_weights(self.model, self.backbone, prefix).expect_partial()
+        if prefix is not None:  # phase 2 changes the backbone; a run that ends in phase 1 has frozen/'s
+            unchanged = int(self.state["phase"].numpy()) == 1 and self.head_only
+            ckpts.restore_weights(self.model, self.backbone, prefix, backbone_is_frozen=unchanged).expect_partial()
         return best_epoch(history(self.run_dir))

@@ -1,11 +1,41 @@
-"""Shared fixtures: small official-format CIFAR archives and a loopback HTTP server."""
+"""Shared fixtures: small official-format CIFAR archives, a loopback HTTP server, and the one
+way to the real files (ImageNet weights, Quick, Draw! bitmaps) that some tests need."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import realdata
 from cifar_fixtures import CifarArchive, LoopbackServer, build_cifar10, build_cifar100
+
+
+@pytest.fixture(scope="session")
+def real_file():
+    """real_file("weights/<Keras file name>") -> the local path of a file laid out as in
+    ../shared/data; searched as tests/realdata.py says, the test skips with one line when no
+    place has it (fails instead when RETRAIN_REQUIRE_TEST_DATA=1, as in CI)."""
+    files = realdata.RealFiles()
+
+    def get(path: str) -> Path:
+        try:
+            return files(path)
+        except realdata.MissingRealFile as missing:
+            reason = str(missing)
+        # outside the except: the report is the one line, not a chained traceback
+        if realdata.required():
+            pytest.fail(f"RETRAIN_REQUIRE_TEST_DATA=1 and the test {reason}", pytrace=False)
+        pytest.skip(reason)
+
+    return get
+
+
+@pytest.fixture
+def mobilenet_v2_035(real_file) -> Path:
+    """Keras' MobileNetV2 alpha 0.35 no-top ImageNet weights file."""
+    return real_file(realdata.MOBILENET_V2_035)
 
 
 @pytest.fixture(scope="session")

@@ -20,18 +20,7 @@ from PIL import Image
 
 COLOURS = {"cyan": (0, 255, 255), "magenta": (255, 0, 255), "yellow": (255, 255, 0)}
 REPO = Path(__file__).resolve().parents[1]
-# The workplace's real data sits beside the repository (CI has it); RETRAIN_SHARED_DATA overrides.
-SHARED_DATA = Path(os.environ.get("RETRAIN_SHARED_DATA", REPO.parent / "shared" / "data"))
-SHARED_WEIGHTS = SHARED_DATA / "weights"
-MOBILENET_V2_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-
-
-def shared_file(path: Path) -> Path:
-    """A file of the shared data, or a clear failure saying where it was looked for."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the tests need ../shared/data beside the "
-                                "repository, or RETRAIN_SHARED_DATA pointing at it")
-    return path
+# Real files (ImageNet weights, Quick, Draw! bitmaps) come from the `real_file` fixture (conftest.py).
 
 
 # --- images and folders ----------------------------------------------------------------------
@@ -252,5 +241,3 @@ def hub_features(images01: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> 
     """The module's function in numpy."""
     return np.maximum(images01.mean(axis=(1, 2)) @ kernel + bias, 0)
 
-
-MOBILENET_V2_035 = shared_file(SHARED_WEIGHTS / MOBILENET_V2_NAME)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from cifar_fixtures import build_cifar100
-from fit_fixtures import MOBILENET_V2_NAME, SHARED_WEIGHTS, column, invoke, shared_file
+from fit_fixtures import column, invoke
 
 
-def test_prepare_then_fit_mobilenet_v2_on_100_fine_classes(tmp_path, http_server):
+def test_prepare_then_fit_mobilenet_v2_on_100_fine_classes(tmp_path, http_server, mobilenet_v2_035):
     archive = build_cifar100(tmp_path / "cifar-100-python.tar.gz", train_per_class=3, test_per_class=1,
                              num_fine=100)
     url = http_server.publish(archive.path)
@@ -23,7 +23,7 @@ def test_prepare_then_fit_mobilenet_v2_on_100_fine_classes(tmp_path, http_server
 
     result = invoke(["fit", "--data", str(data), "--runs-dir", str(tmp_path / "runs"), "--name", "c100",
                      "--backbone", "mobilenet_v2", "--alpha", "0.35",
-                     "--weights", str(shared_file(SHARED_WEIGHTS / MOBILENET_V2_NAME)), "--image-size", "32",
+                     "--weights", str(mobilenet_v2_035), "--image-size", "32",
                      "--freeze", "block_16_project_BN", "--epochs", "1", "--fine-tune-epochs", "1",
                      "--batch-size", "50"])
     assert result.exit_code == 0, result.output

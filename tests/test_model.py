@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fit_fixtures import MOBILENET_V2_035, subprocess_env
+from fit_fixtures import subprocess_env
 from retrain.backbones import get_spec
 from retrain.errors import BackboneError, ConfigError
 
@@ -171,12 +171,12 @@ def _h5_layers(path) -> list[tuple[str, list[np.ndarray]]]:
         return found
 
 
-def test_weights_file_is_loaded():
+def test_weights_file_is_loaded(mobilenet_v2_035):
     """build_backbone with a .h5 path loads that file's tensors: every layer's weights
     equal the file's arrays (the legacy format matches layers by order), at 96 px."""
-    backbone = build_backbone(get_spec("mobilenet_v2"), 96, 0.35, str(MOBILENET_V2_035))
+    backbone = build_backbone(get_spec("mobilenet_v2"), 96, 0.35, str(mobilenet_v2_035))
     layers = [layer for layer in backbone.layers if layer.weights]
-    stored = _h5_layers(MOBILENET_V2_035)
+    stored = _h5_layers(mobilenet_v2_035)
     assert len(layers) == len(stored) == 104
     assert (layers[0].name, stored[0][0]) == ("Conv1", "Conv1")
     assert (layers[-1].name, stored[-1][0]) == ("Conv_1_bn", "Conv_1_bn")
@@ -185,15 +185,15 @@ def test_weights_file_is_loaded():
         for weight, array in zip(layer.weights, arrays):
             np.testing.assert_array_equal(np.asarray(weight), array, err_msg=f"{layer.name} <- {name}")
     # Not the fresh initialisation: the file's first kernel is what the model holds.
-    with h5py.File(MOBILENET_V2_035, "r") as f:
+    with h5py.File(mobilenet_v2_035, "r") as f:
         first = np.asarray(f["Conv1"]["Conv1/kernel:0"])
     np.testing.assert_array_equal(np.asarray(backbone.get_layer("Conv1").kernel), first)
 
 
-def test_weights_file_of_another_backbone():
+def test_weights_file_of_another_backbone(mobilenet_v2_035):
     """A weights file made for another network is a BackboneError naming the backbone."""
     with pytest.raises(BackboneError, match="the weights file does not fit mobilenet"):
-        build_backbone(get_spec("mobilenet"), 32, 0.25, str(MOBILENET_V2_035))
+        build_backbone(get_spec("mobilenet"), 32, 0.25, str(mobilenet_v2_035))
 
 
 def test_tiny_cnn_has_no_imagenet_weights():
@@ -234,21 +234,21 @@ print("ok")
 
 
 @pytest.mark.slow
-def test_imagenet_weights_from_keras_cache_offline(tmp_path):
+def test_imagenet_weights_from_keras_cache_offline(tmp_path, mobilenet_v2_035):
     """weights=imagenet uses Keras' cache ($KERAS_HOME/models/<Keras' file name>) without
     the network; the weights equal those loaded from the file's path. (KERAS_HOME is read
     when Keras is imported, so this runs in a new process; a dead proxy blocks downloads.)"""
     home = tmp_path / "keras_home"
     (home / "models").mkdir(parents=True)
-    shutil.copy(MOBILENET_V2_035, home / "models" / MOBILENET_V2_035.name)
+    shutil.copy(mobilenet_v2_035, home / "models" / mobilenet_v2_035.name)
     env = dict(subprocess_env(), KERAS_HOME=str(home), http_proxy="http://127.0.0.1:9",
                https_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
                HTTPS_PROXY="http://127.0.0.1:9")
-    done = subprocess.run([sys.executable, "-c", IMAGENET_FROM_CACHE, str(MOBILENET_V2_035)],
+    done = subprocess.run([sys.executable, "-c", IMAGENET_FROM_CACHE, str(mobilenet_v2_035)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok"
-    assert sorted(p.name for p in (home / "models").iterdir()) == [MOBILENET_V2_035.name]
+    assert sorted(p.name for p in (home / "models").iterdir()) == [mobilenet_v2_035.name]
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ from PIL import Image
 
 import retrain.quickdraw
 from cifar_fixtures import LoopbackServer, assert_one_line_error, snapshot
-from fit_fixtures import SHARED_DATA, shared_file
 from retrain.cli import app
 from retrain.config import QuickDrawConfig
 from retrain.download import fetch, read_head
@@ -403,11 +402,16 @@ def test_fetch_with_end_takes_a_prefix_and_trims_a_longer_part(http_server, tmp_
 
 # --- the real data --------------------------------------------------------------------------------
 
-def test_real_quickdraw_bitmaps_from_the_shared_folder(runner, tmp_path):
-    """Two real classes from ../shared/data/quickdraw, 100 drawings each: 80/10/10, exact pixels."""
-    folder = SHARED_DATA / "quickdraw"
-    real = {name: np.load(shared_file(folder / f"full_numpy_bitmap_{name}.npy"), mmap_mode="r")
-            for name in ("apple", "cat")}
+def test_real_quickdraw_bitmaps(runner, tmp_path, real_file):
+    """Two real classes (../shared/data/quickdraw: 3,000 drawings each; Google's full files hold
+    more), 100 drawings each: 80/10/10, exact pixels."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    real = {}
+    for name in ("apple", "cat"):
+        path = real_file(f"quickdraw/full_numpy_bitmap_{name}.npy")
+        (folder / path.name).symlink_to(path)
+        real[name] = np.load(path, mmap_mode="r")
     result = run_cli(runner, "--classes", "apple,cat", "--max-per-class", 100, "--source", folder,
                      "--root", tmp_path, "--workers", 1)
     assert result.exit_code == 0, result.output
@@ -417,5 +421,4 @@ def test_real_quickdraw_bitmaps_from_the_shared_folder(runner, tmp_path):
                                             "test": {"apple": 10, "cat": 10}}
     assert_pixels_match(out, real)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["drawings"] == {"apple": {"used": 100, "in_file": 3000},
-                                    "cat": {"used": 100, "in_file": 3000}}
+    assert manifest["drawings"] == {name: {"used": 100, "in_file": len(rows)} for name, rows in real.items()}
