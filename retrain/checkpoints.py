@@ -239,7 +239,7 @@ def latest(directory: Path, repair: bool = False) -> str | None:
     if repair:  # a save cut off (kill, full disk) leaves TensorFlow's own temporary folder
         for leftover in directory.glob("*_temp"):
             shutil.rmtree(leftover, ignore_errors=True)
-    listed, pointer_ok = _listed(directory)
+    listed, pointer_ok = listed_checkpoints(directory)
     for i, prefix in enumerate(listed):
         damage = _damage(prefix)
         if damage is None:
@@ -253,7 +253,7 @@ def latest(directory: Path, repair: bool = False) -> str | None:
     return None
 
 
-def _listed(directory: Path) -> tuple[list[str], bool]:
+def listed_checkpoints(directory: Path) -> tuple[list[str], bool]:
     """The folder's checkpoint prefixes, newest first, from its pointer file; from the index
     files (by time) when the pointer is missing or damaged. -> (prefixes, pointer usable)."""
     pointer = directory / "checkpoint"
@@ -263,7 +263,7 @@ def _listed(directory: Path) -> tuple[list[str], bool]:
         newest = re.search(r'^model_checkpoint_path: "(.+)"$', text, re.M)
         if newest:
             ordered = [newest.group(1)] + [p for p in reversed(paths) if p != newest.group(1)]
-            return [str(directory / p) if not os.path.isabs(p) else p for p in ordered], True
+            return [str(directory / p) for p in ordered], True  # (an absolute p stays as it is)
     except (OSError, UnicodeDecodeError):
         pass
     indexes = sorted(directory.glob("*.index"), key=lambda f: f.stat().st_mtime_ns, reverse=True)

@@ -49,9 +49,9 @@ def fine_tune_start(run: Path, epochs_logged: int) -> int | None:
     The last checkpoint records it exactly (`phase_start`, set when phase 2 begins, and kept
     when a resume changes --epochs); a run with no phase-2 checkpoint did not fine-tune yet.
     """
-    from retrain.checkpoints import latest, read_state
+    from retrain.checkpoints import read_state
 
-    prefix = latest(run / "ckpt")
+    prefix = runs.checkpoint_prefix(run / "ckpt")  # the pointer's: reading the state needs no check of every tensor
     if prefix is None:
         return None
     state = read_state(prefix)

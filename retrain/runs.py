@@ -8,11 +8,10 @@ from config.json and run.json) and its weights restored from the best or the las
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrain.checkpoints import latest, read_run, restore_weights
+from retrain.checkpoints import latest, listed_checkpoints, read_run, restore_weights
 from retrain.config import FitConfig
 from retrain.errors import CheckpointError, RetrainError
 
@@ -100,14 +99,8 @@ def history(run: Path) -> list[dict[str, str]]:
 def checkpoint_prefix(directory: Path) -> str | None:
     """The checkpoint a CheckpointManager's pointer file names, if its files are there;
     read as text (what tf.train.latest_checkpoint does), so listing needs no TensorFlow."""
-    pointer = directory / "checkpoint"
-    if not pointer.is_file():
-        return None
-    found = re.search(r'^model_checkpoint_path: "(.+)"$', pointer.read_text(), re.M)
-    if not found:
-        return None
-    prefix = directory / found.group(1)
-    return str(prefix) if Path(f"{prefix}.index").is_file() else None
+    listed, from_pointer = listed_checkpoints(directory)
+    return listed[0] if from_pointer and Path(f"{listed[0]}.index").is_file() else None
 
 
 def format_runs(runs: list[RunSummary]) -> str:

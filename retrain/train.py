@@ -34,7 +34,7 @@ from retrain.fileindex import FileIndex
 from retrain.inputs import InputPlan
 from retrain.plots import write_curves
 from retrain.state import TrainingState
-from retrain.runs import BestEpoch, best_epoch, describe_best, history
+from retrain.runs import BestEpoch, best_epoch, checkpoint_prefix, describe_best, history
 from retrain.progress import say
 
 
@@ -48,10 +48,13 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 class FitResult:
     run: Path
     model_path: Path
-    best_val_accuracy: float  # the best epoch's (lowest validation loss)
     epochs_done: int
     features_computed: int  # bottleneck rows this call computed (0 when all came from the cache)
-    best: BestEpoch | None = None
+    best: BestEpoch | None  # the best epoch (lowest validation loss), None if none was validated
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return self.best.val_accuracy if self.best else float("nan")
 
 
 @dataclass(frozen=True)
@@ -132,8 +135,7 @@ def fit(config: FitConfig, resume: bool = False, started: float | None = None, h
             shutil.rmtree(out, ignore_errors=True)
     model_path = run / "model.keras"
     say(f"done: {describe_best(best)}; model saved to {model_path}" + ("" if dist.is_chief else " by the chief"))
-    return FitResult(run, model_path, best.val_accuracy if best else float("nan"), trainer.epochs_done,
-                     trainer.cache_computed, best)
+    return FitResult(run, model_path, trainer.epochs_done, trainer.cache_computed, best)
 
 
 def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, alpha, image_size: int,
@@ -279,9 +281,7 @@ class _Trainer:
             if state is None and self.head_only:  # phase 1 from its start: on every worker alike
                 ckpts.save_frozen(self.run_dir, self.backbone)
                 reached("frozen-saved")
-            if state:
-                if self.head_only:
-                    ckpts.restore_frozen(self.backbone, prefix)
+            if state:  # the weights are in (above); this brings the optimizer and the state
                 self.checkpoint.restore(prefix).assert_existing_objects_matched()
             phase1_end = max(self.config.epochs, start + (1 if step else 0))
             self._fit(0, start, phase1_end, step)
@@ -418,7 +418,7 @@ class _Trainer:
     def restore_best(self) -> "BestEpoch | None":
         """Put the best epoch's weights into the model, the weights model.keras keeps (as Keras'
         EarlyStopping(restore_best_weights=True) does); -> that epoch, None if none was logged."""
-        prefix = ckpts.latest(self.run_dir / "best")
+        prefix = checkpoint_prefix(self.run_dir / "best")  # just written: its pointer, no re-read to check it
         if prefix is not None:  # phase 2 changes the backbone; a run that ends in phase 1 has frozen/'s
             unchanged = int(self.state["phase"].numpy()) == 1 and self.head_only
             ckpts.restore_weights(self.model, self.backbone, prefix, backbone_is_frozen=unchanged).expect_partial()
