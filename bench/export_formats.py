@@ -76,7 +76,7 @@ def main() -> None:
         keras_model = keras.saving.load_model(paths["keras"], compile=False)
         keras_forward = tf.function(lambda x: keras_model(x, training=False), reduce_retracing=True,
                                     autograph=False)
-        serve = tf.saved_model.load(str(paths["savedmodel"])).signatures["serving_default"]
+        serve = tf.saved_model.load(str(paths["savedmodel"])).signatures["pixels"]
         tflite_float, tflite_int8 = TFLiteClassifier(paths["tflite"]), TFLiteClassifier(paths["tflite-int8"])
         runners = {
             "keras": (lambda x: np.asarray(keras_forward(x)), images),

@@ -30,7 +30,7 @@ from typing import Iterator
 from retrain import __version__
 from retrain.config import FitConfig
 from retrain.errors import CheckpointError, ConfigError
-from retrain.files import atomic_write, replacing
+from retrain.files import atomic_write, replacing, try_lock
 from retrain.progress import say
 
 # A resume must build the very same model from the very same starting weights; these
@@ -148,19 +148,12 @@ def run_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run folder while training into it. The kernel releases
     it when the process ends, however it ends, so a killed run never stays locked; a second
     process that wants the same run is refused."""
-    import fcntl
-
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
+    fd = try_lock(path / ".lock")
+    if fd is None:
+        holder = (path / ".lock").read_text(errors="replace").strip() or "?"
         raise CheckpointError("another retrain process is training this run", f"{path}, process {holder}",
-                              "wait for it to finish, or stop it, then resume") from None
+                              "wait for it to finish, or stop it, then resume")
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -23,7 +23,7 @@ from pathlib import Path
 from retrain.config import (CHECKPOINTS, CIFAR_DATASETS, CLASS_WEIGHTS, DISTRIBUTE_MODES, EVAL_SPLITS,
                             EXPORT_FORMATS, IMAGE_FORMATS, LABEL_MODES, SCHEDULES, CheckConfig, EvaluateConfig,
                             CacheConfig, ExportConfig, FitConfig, LaunchConfig, PredictConfig, PrepareConfig,
-                            QuickDrawConfig, default_run_name, parse_class_names, parse_list)
+                            QuickDrawConfig, ServeConfig, default_run_name, parse_class_names, parse_list)
 from retrain.errors import ConfigError, RetrainError
 
 # TensorFlow's C++ start-up chatter (absl, oneDNN, cuInit): hidden unless --debug.
@@ -529,6 +529,52 @@ def cache_clear(
     folder = Path(config.cache_dir) if config.cache_dir else cache_home()
     age = parse_age(config.older_than) if config.older_than is not None else None
     typer.echo(format_cleared(run(lambda: clear_cache(folder, age)), folder, config.older_than))
+
+
+_S = ServeConfig()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(_S.host, help="Address to listen on. Anything but loopback needs a token."),
+    port: int = typer.Option(_S.port, help="Port (TF Serving's REST port by default; 0: any free port)."),
+    home: Optional[str] = typer.Option(None, help="Folder the service owns: job table, datasets, runs, "
+                                       "models/<name>/<version>/. Default: $RETRAIN_HOME, else "
+                                       "$XDG_DATA_HOME/retrain, else ~/.local/share/retrain."),
+    data_root: list[str] = typer.Option([], "--data-root", help="A folder jobs may read datasets from "
+                                        "(repeatable); nothing outside these and the home is readable."),
+    max_jobs: int = typer.Option(_S.max_jobs, help="Jobs training at once (1 suits a CPU)."),
+    token_file: Optional[Path] = typer.Option(None, help="File holding the bearer token every request must "
+                                              "carry (else $RETRAIN_TOKEN)."),
+    max_upload: str = typer.Option(_S.max_upload, help="Largest dataset archive, e.g. 2G."),
+    max_unpacked: str = typer.Option(_S.max_unpacked, help="Most an archive may unpack to."),
+    max_upload_files: int = typer.Option(_S.max_upload_files, help="Most files in an archive."),
+    max_request: str = typer.Option(_S.max_request, help="Largest other request body (JSON, predict)."),
+    job_retries: int = typer.Option(_S.job_retries, help="Times a job whose process died is resumed "
+                                    "from its checkpoint before it is marked failed."),
+    batch_size: int = typer.Option(_S.batch_size, help="Predict: most images run at once."),
+    batch_wait_ms: float = typer.Option(_S.batch_wait_ms, help="Predict: how long a batch waits for more."),
+):
+    """The retraining service: datasets and training jobs over HTTP, a versioned model registry,
+    predictions in TF Serving's REST format."""
+    def configure() -> ServeConfig:
+        token = os.environ.get("RETRAIN_TOKEN") or None
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as err:
+                raise ConfigError("--token-file cannot be read", f"{token_file}: {err.strerror}",
+                                  "pass a readable file holding the token") from None
+        return ServeConfig(host=host, port=port, home=home, data_roots=tuple(data_root), max_jobs=max_jobs,
+                           token=token, max_upload=max_upload, max_unpacked=max_unpacked,
+                           max_upload_files=max_upload_files, max_request=max_request,
+                           job_retries=job_retries, batch_size=batch_size, batch_wait_ms=batch_wait_ms)
+
+    config = run(configure)
+    from retrain.serve.server import serve as job
+
+    run(lambda: job(config), interrupted=lambda: "stopped; running jobs go on and the next `retrain serve` "
+        "on this home adopts them")
 
 
 def main() -> None:

@@ -310,17 +310,18 @@ def default_run_name(backbone: str) -> str:
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def parse_size(text: str) -> int:
-    """'4G', '500MB', '2GiB', '1000000' -> bytes (units are powers of 1024)."""
+def parse_size(text: str, flag: str = "--cache-budget") -> int:
+    """'4G', '500MB', '2GiB', '1000000' -> bytes (units are powers of 1024); `flag` names the
+    setting in the error."""
     value = str(text).strip().upper().removesuffix("IB").removesuffix("B")
     number, unit = (value[:-1], value[-1]) if value[-1:] in _UNITS and value[-1:] else (value, "")
     try:
         size = float(number) * _UNITS[unit]
     except ValueError:
-        raise ConfigError("--cache-budget must be a size such as 4G or 500M", text,
+        raise ConfigError(f"{flag} must be a size such as 4G or 500M", text,
                           "pass a number with an optional K, M, G or T") from None
     if size < 0:
-        raise ConfigError("--cache-budget cannot be negative", text, "pass 0 or more")
+        raise ConfigError(f"{flag} cannot be negative", text, "pass 0 or more")
     return int(size)
 
 
@@ -479,3 +480,54 @@ class CacheConfig(_JsonMixin):
     def __post_init__(self):
         if self.older_than is not None:
             parse_age(self.older_than)
+
+
+# The fit settings a job spec may not set: the service decides where runs and caches live.
+SERVER_DECIDES = ("runs_dir", "name", "cache_dir", "distribute")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeConfig(_JsonMixin):
+    """Settings of `retrain serve`: where it listens, what it owns, what it lets in."""
+
+    host: str = "127.0.0.1"  # loopback only; any other address needs a token
+    port: int = 8501  # TF Serving's REST port, so its clients' defaults work
+    home: str | None = None  # None: $RETRAIN_HOME, else $XDG_DATA_HOME/retrain, else ~/.local/share/retrain
+    data_roots: tuple[str, ...] = ()  # folders a job may name as its data (besides uploads)
+    max_jobs: int = 1  # jobs training at once (one is right on a CPU: fit uses every core)
+    token: str | None = None  # from --token-file or $RETRAIN_TOKEN; required off loopback
+    max_upload: str = "2G"  # an uploaded archive's size
+    max_unpacked: str = "8G"  # what an archive may inflate to
+    max_upload_files: int = 200_000  # members of an archive
+    max_request: str = "64M"  # any other request body (JSON; predict's base64 images)
+    job_retries: int = 2  # times a job whose process died is resumed before it is marked failed
+    batch_size: int = 32  # predict: images run through the model at once
+    batch_wait_ms: float = 5.0  # predict: how long a batch waits for more requests
+    loaded_models: int = 4  # predict: model versions kept in memory (least recently used dropped)
+
+    def __post_init__(self):
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError("--port must be 0-65535", self.port, "pass for example --port 8501 (0: any free port)")
+        for name in ("max_jobs", "max_upload_files", "batch_size", "loaded_models"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 1 or more", value, "pass a whole number")
+        if not isinstance(self.job_retries, int) or self.job_retries < 0:
+            raise ConfigError("--job-retries must be 0 or more", self.job_retries, "pass for example 2")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError("--batch-wait-ms must be 0-1000", self.batch_wait_ms, "pass for example 5")
+        for name in ("max_upload", "max_unpacked", "max_request"):
+            if parse_size(getattr(self, name), f"--{name.replace('_', '-')}") <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be above 0", getattr(self, name),
+                                  "pass a size such as 2G")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("the token is too short to be secret", f"{len(self.token)} characters",
+                              "use 16 characters or more, e.g. from `openssl rand -hex 32`")
+        if self.host not in LOOPBACK_HOSTS and self.token is None:
+            raise ConfigError("serving beyond this machine needs a token", self.host,
+                              "pass --token-file FILE (or set RETRAIN_TOKEN), or bind --host 127.0.0.1")
+
+    def size(self, name: str) -> int:
+        """A size setting (max_upload, max_unpacked, max_request) in bytes."""
+        return parse_size(getattr(self, name), f"--{name.replace('_', '-')}")

@@ -47,3 +47,11 @@ class CacheError(RetrainError):
 
 class DiskFullError(RetrainError):
     """A disk with no room left for what a command writes (ENOSPC, a quota): free space and rerun."""
+
+
+class NotFoundError(RetrainError):
+    """A job, dataset, model or version that does not exist (HTTP 404 in `retrain serve`)."""
+
+
+class ConflictError(RetrainError):
+    """An action the target's state does not allow, e.g. cancelling a finished job (HTTP 409)."""

@@ -1,9 +1,19 @@
 """export(config): a run's classifier as a SavedModel, a float32 TFLite or a full-integer TFLite.
 
 `labels.txt` goes beside each (inside the SavedModel folder, beside saved_model.pb).
-- SavedModel: `tf.saved_model.save` of a tf.Module whose `serving_default` signature takes
-  `images`, raw uint8 pixels [batch, H, W, 3] at the run's image size, and returns
-  `probabilities` (float32); the cast and the backbone's rescaling are inside.
+- SavedModel: `tf.saved_model.save` of a tf.Module with two signatures, both returning
+  `probabilities` (float32 [batch, classes], labels.txt order), `classes` (tf.string
+  [batch, k], the k = min(5, classes) most likely labels, most likely first) and `scores`
+  (float32 [batch, k], their probabilities):
+  - `serving_default` takes `image_bytes`, a tf.string [batch] of encoded JPEG, PNG, GIF
+    or BMP images of any size: what a TF Serving REST client sends as
+    `{"instances": [{"b64": "..."}]}`. Each is decoded (`tf.io.decode_image`, a GIF's first
+    frame) and resized (`tf.image.resize`, bilinear, float 0-255) as training decodes and
+    resizes its files. The EXIF orientation of a JPEG is NOT applied: TensorFlow has no op
+    that reads it, so a client sending a phone photo that relies on EXIF rotation should
+    send it upright (`retrain serve` turns it upright before calling the signature).
+  - `pixels` takes `images`, raw uint8 pixels [batch, H, W, channels] at the run's image
+    size, for clients that send tensors; the cast and the backbone's rescaling are inside.
 - TFLite float32: `tf.lite.TFLiteConverter.from_keras_model`; float32 pixels 0-255 in (the
   Keras model's own input), probabilities out.
 - TFLite int8: the same converter with post-training full-integer quantization, calibrated on
@@ -68,31 +78,74 @@ def representative_files(data_dir: str, validation_split: float, count: int, see
     return Split(tuple(train.files[i] for i in chosen), train.labels[chosen])
 
 
+TOP_K = 5  # labels in a SavedModel signature's `classes` and `scores` (fewer when fewer classes)
+
+
 def write_savedmodel(loaded: LoadedRun, path: Path) -> None:
-    """A SavedModel folder (labels.txt inside, beside saved_model.pb), written to a temporary
-    folder and renamed into place."""
+    """A SavedModel folder (labels.txt inside, beside saved_model.pb) with the `serving_default`
+    (encoded images) and `pixels` (uint8 pixels) signatures, written to a temporary folder and
+    renamed into place."""
     import tensorflow as tf
 
-    size, channels = loaded.image_size, loaded.channels
+    size, channels, labels = loaded.image_size, loaded.channels, loaded.labels
+    k = min(TOP_K, len(labels))
+
+    def decoded(image_bytes):  # as training's data._loader, less the EXIF turn (no TF op reads it)
+        image = tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
+        return tf.image.resize(image, (size, size))  # bilinear, float32, still 0-255
 
     class Serving(tf.Module):
         def __init__(self, model):
             super().__init__()
             self.model = model
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def from_bytes(self, image_bytes):
+            images = tf.map_fn(decoded, image_bytes,
+                               fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+            return _outputs(self.model(images, training=False), labels, k)
+
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, channels], tf.uint8, name="images")])
-        def serve(self, images):
-            return {"probabilities": self.model(tf.cast(images, tf.float32), training=False)}
+        def from_pixels(self, images):
+            return _outputs(self.model(tf.cast(images, tf.float32), training=False), labels, k)
 
     module = Serving(loaded.model)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a name only this process uses
     try:
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
-        (tmp / "labels.txt").write_text(_labels_text(loaded.labels))
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.from_bytes,
+                                                           "pixels": module.from_pixels})
+        (tmp / "labels.txt").write_text(_labels_text(labels))
         _mark(tmp)
         _replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def signature_def(num_classes: int, image_size: int, channels: int) -> dict:
+    """The SavedModel's signatures as TF Serving's metadata endpoint describes them (its JSON
+    form of SignatureDef), without loading the model: write_savedmodel fixes their shape."""
+    def tensor(name: str, dtype: str, *dims: int) -> dict:
+        return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims],
+                                                 "unknown_rank": False}, "name": name}
+
+    k = min(TOP_K, num_classes)
+    outputs = {"probabilities": tensor("probabilities", "DT_FLOAT", -1, num_classes),
+               "classes": tensor("classes", "DT_STRING", -1, k), "scores": tensor("scores", "DT_FLOAT", -1, k)}
+    predict = "tensorflow/serving/predict"
+    return {"serving_default": {"inputs": {"image_bytes": tensor("image_bytes", "DT_STRING", -1)},
+                                "outputs": outputs, "method_name": predict},
+            "pixels": {"inputs": {"images": tensor("images", "DT_UINT8", -1, image_size, image_size, channels)},
+                       "outputs": outputs, "method_name": predict}}
+
+
+def _outputs(probabilities, labels: tuple[str, ...], k: int) -> dict:
+    """Probabilities [batch, classes] -> every SavedModel signature's outputs: them, and the k
+    most likely labels (`classes`) and their probabilities (`scores`), most likely first."""
+    import tensorflow as tf
+
+    scores, indices = tf.math.top_k(probabilities, k=k)  # ties: the lower index first, as predict
+    return {"probabilities": probabilities, "classes": tf.gather(tf.constant(labels), indices),
+            "scores": scores}
 
 
 def write_tflite(loaded: LoadedRun, path: Path, representative: Split | None) -> None:

@@ -54,13 +54,13 @@ def remove_stale(folder: Path) -> list[Path]:
     removed = []
     for path in Path(folder).glob(".*.tmp*"):
         found = pattern.fullmatch(path.name)
-        if found and path.is_file() and not _running(int(found.group(1))):
+        if found and path.is_file() and not running(int(found.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,3 +68,42 @@ def _running(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def try_lock(path: Path) -> int | None:
+    """Take an exclusive lock on the file `path` (made if missing) and write our pid in it;
+    -> its descriptor (closing it, or the process ending however it ends, releases the lock),
+    or None when another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds `path`'s lock (try_lock's): the kernel drops a dead one's."""
+    fd = try_lock(path)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` for the block, waiting for it if need be."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,13 +1,16 @@
-"""`retrain export` end to end: SavedModel on uint8 pixels, TFLite float32 and full-integer
-int8, each evaluated beside the Keras model."""
+"""`retrain export` end to end: SavedModel on encoded images (a TF Serving REST request) and
+on uint8 pixels, TFLite float32 and full-integer int8, each checked against the Keras model
+or `retrain predict`."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fit_fixtures import assert_one_error_line, invoke
 from run_fixtures import LABELS, PER_SPLIT, trained_run
@@ -25,9 +28,9 @@ def export(run: Path, fmt: str, *flags: str) -> Path:
 
 
 def test_savedmodel_takes_uint8_and_matches_keras(run, tmp_path):
-    """The SavedModel's serving signature takes uint8 [None, 32, 32, 3] and returns the Keras
-    model's probabilities within 1e-4; labels.txt sits beside saved_model.pb; a second export
-    to the same place replaces the first."""
+    """The SavedModel's `pixels` signature takes uint8 [None, 32, 32, 3] and returns the Keras
+    model's probabilities within 1e-4; `serving_default` takes a tf.string batch; labels.txt
+    sits beside saved_model.pb; a second export to the same place replaces the first."""
     import tensorflow as tf
 
     from retrain.runs import load_model
@@ -36,7 +39,11 @@ def test_savedmodel_takes_uint8_and_matches_keras(run, tmp_path):
     assert export(run, "savedmodel", "--output", str(out)) == out
     assert (out / "saved_model.pb").is_file()
     assert (out / "labels.txt").read_text().splitlines() == list(LABELS)
-    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    saved = tf.saved_model.load(str(out))
+    assert sorted(saved.signatures) == ["pixels", "serving_default"]
+    spec = saved.signatures["serving_default"].structured_input_signature[1]["image_bytes"]
+    assert spec.dtype == tf.string and spec.shape.as_list() == [None]
+    serve = saved.signatures["pixels"]
     spec = serve.structured_input_signature[1]["images"]
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 32, 32, 3]
     pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
@@ -45,6 +52,105 @@ def test_savedmodel_takes_uint8_and_matches_keras(run, tmp_path):
     np.testing.assert_allclose(probs, expected, atol=1e-4)
     assert export(run, "savedmodel", "--output", str(out)) == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+
+
+@pytest.fixture(scope="module")
+def savedmodel(run, tmp_path_factory) -> Path:
+    return export(run, "savedmodel", "--output", str(tmp_path_factory.mktemp("export") / "sm"))
+
+
+@pytest.fixture(scope="module")
+def encoded(run, tmp_path_factory) -> dict[str, Path]:
+    """One PNG of each class from the run's test/ folder, and the first one's pixels again as
+    a JPEG, a GIF, a BMP and a PNG of another size (47 x 29 instead of 32 x 32)."""
+    test = Path(json.loads((run / "config.json").read_text())["data"]) / "test"
+    files = {f"{label}.png": sorted((test / label).glob("*.png"))[0] for label in LABELS}
+    folder = tmp_path_factory.mktemp("encoded")
+    first = Image.open(files[f"{LABELS[0]}.png"]).convert("RGB")
+    for name, image in ((f"{LABELS[0]}.jpg", first), (f"{LABELS[0]}.gif", first),
+                        (f"{LABELS[0]}.bmp", first), (f"{LABELS[0]}-47x29.png", first.resize((47, 29)))):
+        files[name] = folder / name
+        image.save(files[name])
+    return files
+
+
+def tf_serving_images(body: str) -> list[bytes]:
+    """What TF Serving hands a one-input signature for a row-form request: each instance's
+    standard base64, `{"b64": ...}` or named `{"image_bytes": {"b64": ...}}`, decoded."""
+    instances = json.loads(body)["instances"]
+    return [base64.b64decode(i.get("image_bytes", i)["b64"], validate=True) for i in instances]
+
+
+def predicted_probabilities(run: Path, files: list[Path]) -> np.ndarray:
+    """`retrain.predict`'s probabilities of every label, [files, labels] in labels.txt order."""
+    import retrain
+
+    rows = np.zeros((len(files), len(LABELS)), np.float32)
+    for row, prediction in zip(rows, retrain.predict(run, files, top_k=len(LABELS))):
+        assert prediction.error is None, prediction.error
+        for label, probability in prediction.top:
+            row[LABELS.index(label)] = probability
+    return rows
+
+
+def test_savedmodel_answers_a_tf_serving_b64_request(run, savedmodel, encoded):
+    """A TF Serving REST body `{"signature_name": "serving_default", "instances": [{"b64": ...}]}`
+    of PNG, JPEG, GIF and BMP files (one not the run's size), decoded as TF Serving decodes it,
+    goes straight into `serving_default`: the top label is predict's for every file; the
+    probabilities are predict's within 1e-4 for the lossless files (PNG, GIF, BMP; the JPEG is
+    decoded by two libraries); `scores` are the top probabilities, sorted; `classes` their labels."""
+    import tensorflow as tf
+
+    paths = list(encoded.values())
+    body = json.dumps({"signature_name": "serving_default",
+                       "instances": [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in paths]})
+    batch = tf.constant(tf_serving_images(body), tf.string)
+    out = tf.saved_model.load(str(savedmodel)).signatures[json.loads(body)["signature_name"]](image_bytes=batch)
+    assert sorted(out) == ["classes", "probabilities", "scores"]
+    probs, scores = out["probabilities"].numpy(), out["scores"].numpy()
+    classes = out["classes"].numpy().astype(str)
+    k = min(5, len(LABELS))
+    assert probs.shape == (len(paths), len(LABELS)) and probs.dtype == np.float32
+    assert classes.shape == scores.shape == (len(paths), k) and scores.dtype == np.float32
+    labels = (savedmodel / "labels.txt").read_text().splitlines()
+    assert set(classes.ravel()) <= set(labels)
+
+    expected = predicted_probabilities(run, paths)
+    top = [labels[i] for i in expected.argmax(1)]
+    assert list(classes[:, 0]) == top
+    assert top[:len(LABELS)] == list(LABELS)  # the toy's colours are told apart
+    lossless = [i for i, p in enumerate(paths) if p.suffix != ".jpg"]
+    np.testing.assert_allclose(probs[lossless], expected[lossless], atol=1e-4)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    np.testing.assert_allclose(scores, np.sort(probs, axis=1)[:, ::-1][:, :k], rtol=0, atol=0)
+    for row, names, values in zip(probs, classes, scores):
+        np.testing.assert_array_equal(row[[labels.index(n) for n in names]], values)
+
+
+def test_savedmodel_pixels_agrees_with_serving_default(savedmodel, encoded):
+    """The `pixels` signature on the 32 x 32 files' uint8 pixels gives what `serving_default`
+    gives on their bytes: the same outputs, probabilities within 1e-5."""
+    import tensorflow as tf
+
+    paths = [p for p in encoded.values() if p.suffix == ".png" and Image.open(p).size == (32, 32)]
+    saved = tf.saved_model.load(str(savedmodel))
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    from_pixels = saved.signatures["pixels"](images=tf.constant(pixels, tf.uint8))
+    from_bytes = saved.signatures["serving_default"](image_bytes=tf.constant([p.read_bytes() for p in paths]))
+    assert sorted(from_pixels) == sorted(from_bytes) == ["classes", "probabilities", "scores"]
+    np.testing.assert_allclose(from_pixels["probabilities"], from_bytes["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(from_pixels["scores"], from_bytes["scores"], atol=1e-5)
+    np.testing.assert_array_equal(from_pixels["classes"], from_bytes["classes"])
+
+
+def test_tf_serving_named_b64_form_decodes_to_the_same_bytes(encoded):
+    """`{"image_bytes": {"b64": ...}}` (the input named) and `{"b64": ...}` give the same raw
+    bytes, the file's own: what the graph receives either way."""
+    raw = [p.read_bytes() for p in encoded.values()]
+    b64 = [base64.b64encode(r).decode() for r in raw]
+    bare = json.dumps({"instances": [{"b64": b} for b in b64]})
+    named = json.dumps({"instances": [{"image_bytes": {"b64": b}} for b in b64]})
+    assert tf_serving_images(bare) == tf_serving_images(named) == raw
 
 
 def test_tflite_float_and_int8_against_keras(run):

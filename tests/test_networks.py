@@ -181,7 +181,7 @@ def test_grayscale_run_evaluates_predicts_and_exports(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "vertical"
     assert invoke(["export", str(run), "--format", "savedmodel", "--output", str(tmp_path / "sm")]).exit_code == 0
-    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    served = tf.saved_model.load(str(tmp_path / "sm")).signatures["pixels"]
     assert served.structured_input_signature[1]["images"].shape.as_list() == [None, 28, 28, 1]
     result = invoke(["export", str(run), "--format", "tflite-int8", "--output", str(tmp_path / "m.tflite")])
     assert result.exit_code == 0, result.output

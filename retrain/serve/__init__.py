@@ -1,0 +1,1 @@
+"""retrain serve: the retraining service (HTTP API, jobs, model registry)."""

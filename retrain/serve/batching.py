@@ -1,0 +1,156 @@
+"""Predictions: model versions loaded lazily into a small LRU cache, and concurrent requests
+grouped into batches.
+
+Each loaded version has one thread that takes requests from a queue: it waits for the first,
+then gathers more until the batch holds --batch-size images or --batch-wait-ms have passed,
+and runs them through the SavedModel's `serving_default` at once (TF Serving's batching, in
+small). A batch whose run fails (an image the graph cannot decode despite rest.py's check)
+is run again request by request, so one bad image fails only its own request.
+TensorFlow's thread pools are sized to the cores before the first model loads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from retrain.errors import ConfigError
+
+log = logging.getLogger("retrain.serve")
+
+
+class Predictor:
+    """name/version folder -> batched predictions; at most `loaded` versions in memory."""
+
+    def __init__(self, batch_size: int, wait_ms: float, loaded: int):
+        self.batch_size, self.wait_s, self.loaded = batch_size, wait_ms / 1000, loaded
+        self._models: OrderedDict[Path, _Batcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self._tf_ready = False
+
+    def predict(self, folder: Path, images: list[bytes]) -> concurrent.futures.Future:
+        """-> a future of the signature's outputs {name: array [len(images), ...]}."""
+        return self._batcher(folder).submit(images)
+
+    def _batcher(self, folder: Path) -> "_Batcher":
+        with self._lock:
+            if not self._tf_ready:
+                _size_thread_pools()
+                self._tf_ready = True
+            batcher = self._models.pop(folder, None) or _Batcher(folder, self.batch_size, self.wait_s)
+            self._models[folder] = batcher  # most recently used last
+            while len(self._models) > self.loaded:
+                _, old = self._models.popitem(last=False)
+                old.close()
+            return batcher
+
+    def close(self) -> None:
+        with self._lock:
+            for batcher in self._models.values():
+                batcher.close()
+            self._models.clear()
+
+
+def _size_thread_pools() -> None:
+    import tensorflow as tf
+
+    cores = len(os.sched_getaffinity(0))
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, cores))
+
+
+class _Batcher:
+    """One loaded version and the thread that runs its batches."""
+
+    def __init__(self, folder: Path, batch_size: int, wait_s: float):
+        self.folder, self.batch_size, self.wait_s = folder, batch_size, wait_s
+        self.requests: queue.Queue = queue.Queue()
+        self.signature = None
+        self.loaded = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"batcher {folder.parent.name}/{folder.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def submit(self, images: list[bytes]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.requests.put((images, future))
+        return future
+
+    def close(self) -> None:
+        self.requests.put(None)
+
+    def _run(self) -> None:
+        import tensorflow as tf
+
+        try:
+            self.signature = tf.saved_model.load(str(self.folder)).signatures["serving_default"]
+        except Exception as err:  # every waiting request gets the reason; the thread ends
+            log.exception("could not load %s", self.folder)
+            self._fail_all(ConfigError("the model version could not be loaded", str(self.folder),
+                                       f"re-publish it ({type(err).__name__})"))
+            return
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            self._run_batch(batch)
+
+    def _gather(self) -> list | None:
+        first = self.requests.get()
+        if first is None:
+            return None
+        batch, count = [first], len(first[0])
+        deadline = time.monotonic() + self.wait_s
+        while count < self.batch_size:
+            try:
+                item = self.requests.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self.requests.put(None)  # close after this batch
+                break
+            batch.append(item)
+            count += len(item[0])
+        return batch
+
+    def _run_batch(self, batch: list) -> None:
+        import tensorflow as tf
+
+        try:
+            outputs = self._call([image for images, _ in batch for image in images])
+        except tf.errors.InvalidArgumentError:
+            if len(batch) > 1:
+                for item in batch:
+                    self._run_batch([item])
+                return
+            batch[0][1].set_exception(ConfigError("an image could not be decoded", f"{len(batch[0][0])} image(s)",
+                                                  "send complete JPEG, PNG, GIF or BMP files"))
+            return
+        except Exception as err:
+            for _, future in batch:
+                future.set_exception(err)
+            return
+        start = 0
+        for images, future in batch:
+            future.set_result({k: v[start:start + len(images)] for k, v in outputs.items()})
+            start += len(images)
+
+    def _call(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        return {k: v.numpy() for k, v in self.signature(image_bytes=tf.constant(images, tf.string)).items()}
+
+    def _fail_all(self, err: Exception) -> None:
+        while True:
+            item = self.requests.get()
+            if item is None:
+                return
+            item[1].set_exception(err)
