@@ -70,29 +70,45 @@ def running(pid: int) -> bool:
     return True
 
 
-def try_lock(path: Path) -> int | None:
-    """Take an exclusive lock on the file `path` (made if missing) and write our pid in it;
-    -> its descriptor (closing it, or the process ending however it ends, releases the lock),
-    or None when another process holds it."""
+def try_lock(path: Path, wait_s: float = 0.0) -> int | None:
+    """Take an exclusive lock on the file `path` (made if missing), trying for up to `wait_s`,
+    and write our pid in it; -> its descriptor (closing it, or the process ending however it
+    ends, releases the lock), or None when another process holds it."""
     import fcntl
+    import time
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.02)
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
 
 
 def is_locked(path: Path) -> bool:
-    """Whether a live process holds `path`'s lock (try_lock's): the kernel drops a dead one's."""
-    fd = try_lock(path)
-    if fd is None:
+    """Whether a live process holds `path`'s lock (try_lock's): the kernel drops a dead one's.
+    The test takes the lock for an instant and writes nothing, so a holder-to-be that finds it
+    taken should try again for a moment (try_lock's wait_s)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    os.close(fd)
+    finally:
+        os.close(fd)
     return False
 
 

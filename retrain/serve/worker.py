@@ -35,7 +35,7 @@ PROGRESS_EVERY_S = 0.5
 
 def main(argv: list[str]) -> int:
     job = JobFolder(Path(argv[0]))
-    lock = try_lock(job.lock)
+    lock = try_lock(job.lock, wait_s=2.0)  # a server testing the lock holds it for an instant
     if lock is None:
         print(f"another process is running the job in {job.path}; this one stops", file=sys.stderr)
         return ALREADY_RUNNING
