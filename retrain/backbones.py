@@ -131,3 +131,29 @@ def check_image_size(spec: BackboneSpec, image_size: int | None) -> int:
                             size, f"pass --image-size {spec.min_size} or more")
     return size
 
+
+# --freeze auto: the thresholds on the smallest class's training images.
+AUTO_HEAD_ONLY_BELOW = 100  # fewer: fine-tuning would overfit; train the head on frozen features
+AUTO_MOST_FROM = 1000  # this many or more: fine-tune most of the network
+
+
+def auto_freeze(spec: BackboneSpec, min_per_class: int) -> tuple[str, str]:
+    """--freeze auto: from the smallest class's training images to a freeze point, and why.
+
+    Few images: only the head trains on frozen features (fine-tuning would overfit them).
+    More: the top block(s) fine-tune too. Many: most of the network fine-tunes, the stem
+    and early blocks (generic edges and textures) stay frozen.
+    """
+    if spec.from_scratch:
+        return "none", f"{spec.name} trains from scratch: every layer trains from the first epoch"
+    if spec.auto_points is None:
+        return "all", f"{spec.name} has no named blocks; the head trains on frozen features"
+    medium, large = spec.auto_points
+    if min_per_class < AUTO_HEAD_ONLY_BELOW:
+        return "all", (f"smallest class has {min_per_class} training images (< {AUTO_HEAD_ONLY_BELOW}): "
+                       "train the head only on frozen features")
+    if min_per_class < AUTO_MOST_FROM:
+        return medium, (f"smallest class has {min_per_class} training images "
+                        f"({AUTO_HEAD_ONLY_BELOW}-{AUTO_MOST_FROM - 1}): fine-tune the top blocks, after {medium}")
+    return large, (f"smallest class has {min_per_class} training images (>= {AUTO_MOST_FROM}): "
+                   f"fine-tune most of the network, after {large}")

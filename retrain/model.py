@@ -16,13 +16,8 @@ import keras
 import tensorflow as tf
 
 from retrain import networks
-from retrain.backbones import BackboneSpec, check_weights, imagenet_file
+from retrain.backbones import BackboneSpec, auto_freeze, check_weights, imagenet_file
 from retrain.errors import BackboneError, ConfigError
-
-# --freeze auto: the thresholds on the smallest class's training images.
-AUTO_HEAD_ONLY_BELOW = 100  # fewer: fine-tuning would overfit; train the head on frozen features
-AUTO_MOST_FROM = 1000  # this many or more: fine-tune most of the network
-
 
 @keras.saving.register_keras_serializable(package="retrain")
 class HubFeatureVector(keras.layers.Layer):
@@ -214,28 +209,6 @@ def _features_above(model: keras.Model, backbone: keras.Model, boundary: int):
     upper = keras.Model(backbone.layers[boundary - 1].output, backbone.output, name="backbone_top")
     inputs = keras.Input(backbone.layers[boundary - 1].output.shape[1:], name="boundary_in")
     return inputs, model.get_layer("features")(upper(inputs, training=False))
-
-
-def auto_freeze(spec: BackboneSpec, min_per_class: int) -> tuple[str, str]:
-    """--freeze auto: from the smallest class's training images to a freeze point, and why.
-
-    Few images: only the head trains on frozen features (fine-tuning would overfit them).
-    More: the top block(s) fine-tune too. Many: most of the network fine-tunes, the stem
-    and early blocks (generic edges and textures) stay frozen.
-    """
-    if spec.from_scratch:
-        return "none", f"{spec.name} trains from scratch: every layer trains from the first epoch"
-    if spec.auto_points is None:
-        return "all", f"{spec.name} has no named blocks; the head trains on frozen features"
-    medium, large = spec.auto_points
-    if min_per_class < AUTO_HEAD_ONLY_BELOW:
-        return "all", (f"smallest class has {min_per_class} training images (< {AUTO_HEAD_ONLY_BELOW}): "
-                       "train the head only on frozen features")
-    if min_per_class < AUTO_MOST_FROM:
-        return medium, (f"smallest class has {min_per_class} training images "
-                        f"({AUTO_HEAD_ONLY_BELOW}-{AUTO_MOST_FROM - 1}): fine-tune the top blocks, after {medium}")
-    return large, (f"smallest class has {min_per_class} training images (>= {AUTO_MOST_FROM}): "
-                   f"fine-tune most of the network, after {large}")
 
 
 def resolve_freeze(freeze: str, spec: BackboneSpec, layer_names: list[str],

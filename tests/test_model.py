@@ -15,8 +15,8 @@ from retrain.backbones import get_spec
 from retrain.errors import BackboneError, ConfigError
 
 import keras  # noqa: E402
-from retrain.model import (AUTO_HEAD_ONLY_BELOW, AUTO_MOST_FROM, build_backbone,  # noqa: E402
-                           build_classifier, resolve_freeze, set_frozen)
+from retrain.backbones import AUTO_HEAD_ONLY_BELOW, AUTO_MOST_FROM  # noqa: E402
+from retrain.model import build_backbone, build_classifier, resolve_freeze, set_frozen  # noqa: E402
 
 TINY = get_spec("tiny_cnn")
 

@@ -36,6 +36,7 @@ from retrain.errors import ConfigError, ConflictError, NotFoundError, RetrainErr
 from retrain.serve import events, registry, rest, specs
 from retrain.serve.archive import UnpackLimits, unpack
 from retrain.serve.batching import Predictor
+from retrain.serve.catalog import Catalog
 from retrain.serve.home import Home
 from retrain.serve.jobs import Scheduler
 from retrain.serve.store import FINAL, Store
@@ -60,34 +61,26 @@ class Service:
     scheduler: Scheduler
     predictor: Predictor
 
+    catalog: "Catalog"
+
+    @property
+    def data_roots(self) -> tuple[Path, ...]:
+        return tuple(Path(r) for r in self.config.data_roots)
+
     @property
     def roots(self) -> tuple[Path, ...]:
-        return tuple(Path(r) for r in self.config.data_roots) + (self.home.root,)
+        """Where a job may read: the data roots and the home."""
+        return self.data_roots + (self.home.root,)
 
 
 def create_app(service: Service) -> Starlette:
     s = service
 
     async def body(request: Request, limit: int) -> bytes:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise TooLarge("the request body is too large", f"{int(declared):,} bytes", f"send at most {limit:,} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge("the request body is too large", f"more than {limit:,} bytes",
-                               f"send at most {limit:,} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(request, limit)
 
     async def json_body(request: Request):
-        data = await body(request, s.config.size("max_request"))
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise ConfigError("the request body is not JSON", f"{len(data)} bytes",
-                              "send a JSON object with Content-Type: application/json") from None
+        return await read_json(request, s.config.size("max_request"))
 
     # --- datasets -----------------------------------------------------------------------------
 
@@ -240,33 +233,63 @@ def create_app(service: Service) -> Starlette:
         s.scheduler.stop()
         s.predictor.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+    from retrain.serve import page
+
+    app = Starlette(routes=routes + page.routes(s), lifespan=lifespan, exception_handlers={
         RetrainError: _retrain_error, HTTPException: _http_error, ClientDisconnect: _gone, Exception: _internal})
     if s.config.token is not None:
         app.add_middleware(BearerToken, token=s.config.token)
     return app
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) past `limit` bytes: by its Content-Length at once,
+    else as it arrives."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge("the request body is too large", f"{int(declared):,} bytes", f"send at most {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge("the request body is too large", f"more than {limit:,} bytes",
+                           f"send at most {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int):
+    data = await read_body(request, limit)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError("the request body is not JSON", f"{len(data)} bytes",
+                          "send a JSON object with Content-Type: application/json") from None
+
+
 def _unpack_and_check(s: Service, part: Path, dest: Path) -> dict:
     """Unpack an upload and run `retrain check` on it; a refused dataset is removed."""
-    from retrain.check import check
-
     limits = UnpackLimits(s.config.size("max_unpacked"), s.config.max_upload_files)
     unpacked = unpack(part, dest, limits)
     try:
-        report = check(CheckConfig(data=str(unpacked.root)))
+        report = checked(unpacked.root)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+    return {**report, "files": unpacked.files, "bytes": unpacked.bytes, "skipped": list(unpacked.skipped)}
+
+
+def checked(root: Path) -> dict:
+    """`retrain check` on a folder -> the report as JSON, or a ConfigError when fit would refuse it."""
+    from retrain.check import check
+
+    report = check(CheckConfig(data=str(root)))
     if report.refusal is not None:
-        shutil.rmtree(dest, ignore_errors=True)
         raise ConfigError("fit would refuse this dataset", report.refusal,
-                          "fix the archive (<label>/<image> folders, 2 classes or more) and upload it again")
-    return {"root": str(unpacked.root), "layout": report.layout, "classes": list(report.classes),
-            "counts": report.counts, "files": unpacked.files, "bytes": unpacked.bytes,
-            "skipped": list(unpacked.skipped), "unreadable": [str(Path(f).relative_to(unpacked.root))
-                                                              for f in report.unreadable],
-            "warnings": report.warnings}
+                          "fix it (<label>/<image> folders, 2 classes or more) and try again")
+    return {"root": str(root), "layout": report.layout, "classes": list(report.classes), "counts": report.counts,
+            "unreadable": [str(Path(f).relative_to(root)) for f in report.unreadable],
+            "warnings": report.warnings, "skipped": []}
 
 
 def _dataset_view(row: dict) -> dict:
@@ -315,14 +338,14 @@ async def _internal(request: Request, err: Exception):
 
 
 class BearerToken:
-    """Every request needs `Authorization: Bearer <token>` (401 otherwise), compared in
+    """Every API request (/v1/...) needs `Authorization: Bearer <token>` (401 otherwise), compared in
     constant time."""
 
     def __init__(self, app, token: str):
         self.app, self.expected = app, f"Bearer {token}".encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):  # the page itself holds no secret
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = JSONResponse({"error": "this server needs a token: send Authorization: Bearer <token>"},

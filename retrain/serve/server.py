@@ -26,6 +26,7 @@ def serve(config: ServeConfig) -> None:
 
     from retrain.serve.app import Service, create_app
     from retrain.serve.batching import Predictor
+    from retrain.serve.catalog import Catalog
     from retrain.serve.jobs import Scheduler
     from retrain.serve.store import Store
 
@@ -46,7 +47,8 @@ def serve(config: ServeConfig) -> None:
     sock = _bind(config.host, config.port)
     store = Store(home.db)
     service = Service(config, home, store, Scheduler(home, store, config.max_jobs, config.job_retries),
-                      Predictor(config.batch_size, config.batch_wait_ms, config.loaded_models))
+                      Predictor(config.batch_size, config.batch_wait_ms, config.loaded_models),
+                      Catalog(home.root / "backbones.json"))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"retrain serve: listening on http://{shown}:{port} (home {home.root})", flush=True)
