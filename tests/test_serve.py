@@ -132,3 +132,34 @@ def test_second_job_publishes_version_2_and_both_answer(served, first_job):
         assert (base / version / "saved_model.pb").is_file() and (base / version / "variables").is_dir()
         assert (base / version / "labels.txt").read_text().split() == ["cyan", "magenta", "yellow"]
         assert (base / version / "confusion_matrix.png").is_file()
+
+
+def test_what_the_page_asks_for(served, first_job, tmp_path):
+    server, dataset, folder = served
+    status, freeze = server.get(f"/v1/freeze?backbone=mobilenet_v2&dataset={dataset['id']}")
+    assert status == 200 and freeze["freeze"] == "all" and "8 training images" in freeze["why"]
+    assert server.get("/v1/freeze?backbone=nope&dataset=" + dataset["id"])[0] == 400
+    status, page = server.get("/")
+    assert status == 200 and "<html" in page.lower()
+    status, table = server.get("/v1/backbones")
+    assert status == 200 and "mobilenet_v2" in [b["name"] for b in table["backbones"]]
+    status, image = server.get("/v1/models/colours/versions/1/files/confusion_matrix.png")
+    assert status == 200
+    assert server.get("/v1/models/colours/versions/1/files/saved_model.pb")[0] == 404
+    # Misclassified images are served only from where jobs may read: a row naming a file
+    # outside the data roots and the home is refused, whatever the csv says.
+    from retrain.serve import registry
+
+    inside = sorted((server.home / "datasets").rglob("*.png"))[0]
+    rows = tmp_path / "misclassified.csv"
+    rows.write_text("file,true_label,predicted_label,probability\n"
+                    f"{inside},cyan,magenta,0.6\n/etc/passwd,cyan,yellow,0.5\n")
+    version = registry.publish(server.home / "models", "hand", server.home / "models" / "colours" / "1",
+                               {"misclassified.csv": rows}, {"job": "by-hand"})
+    status, listed = server.get(f"/v1/models/hand/versions/{version}/misclassified")
+    assert status == 200 and [i["file"] for i in listed["images"]] == [inside.name, "passwd"]
+    status, raw = server.get(f"/v1/models/hand/versions/{version}/misclassified/0")
+    assert status == 200
+    status, answer = server.get(f"/v1/models/hand/versions/{version}/misclassified/1")
+    assert status == 400 and "outside the folders" in answer["error"]
+    assert server.get(f"/v1/models/hand/versions/{version}/misclassified/9")[0] == 404

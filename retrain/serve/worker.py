@@ -71,6 +71,7 @@ def _interrupt(signum, frame):
 def run_job(job: JobFolder, settings: dict) -> tuple[int, dict]:
     """fit (or resume), evaluate, export, publish; -> (version, headline metrics)."""
     import retrain
+    from retrain.checkpoints import read_run
     from retrain.exports import signature_def
     from retrain.serve import registry
 
@@ -83,30 +84,15 @@ def run_job(job: JobFolder, settings: dict) -> tuple[int, dict]:
     split = "test" if (Path(settings["fit"]["data"]) / "test").is_dir() else "validation"
     evaluation = retrain.evaluate(job.run, split=split)
     exported = retrain.export(job.run, "savedmodel")
-    config = json.loads((job.run / "config.json").read_text())
-    labels = (job.run / "labels.txt").read_text().splitlines()
+    config, labels, facts = read_run(job.run)
     metrics = {"split": split, **{k: v for k, v in evaluation.metrics.items() if isinstance(v, (int, float))}}
-    loaded_size = _image_size(job.run)
-    about = {"job": settings["id"], "run": str(job.run), "created": time.time(), "labels": labels,
-             "backbone": config["backbone"], "image_size": loaded_size, "metrics": metrics,
-             "signature_def": signature_def(len(labels), loaded_size, _channels(exported))}
+    about = {"job": settings["id"], "run": str(job.run), "created": time.time(), "labels": list(labels),
+             "backbone": config.backbone, "image_size": facts["image_size"], "metrics": metrics,
+             "signature_def": signature_def(len(labels), facts["image_size"], facts["channels"])}
     extras = {name: evaluation.folder / name for name in ("metrics.json", "confusion_matrix.png",
                                                           "misclassified.csv")}
     version = registry.publish(Path(settings["models"]), settings["model"], exported, extras, about)
     return version, metrics
-
-
-def _image_size(run: Path) -> int:
-    from retrain.runs import load_model
-
-    return load_model(run, "best").image_size
-
-
-def _channels(savedmodel: Path) -> int:
-    import tensorflow as tf
-
-    spec = tf.saved_model.load(str(savedmodel)).signatures["pixels"].structured_input_signature[1]["images"]
-    return int(spec.shape[-1])
 
 
 class _Progress:
