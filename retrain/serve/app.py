@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from retrain.config import CheckConfig, ServeConfig
@@ -48,6 +49,19 @@ class TooLarge(RetrainError):
     """A request body past its limit (HTTP 413)."""
 
 
+class _Plain(Convertor):
+    """A path part without ':': `/v1/jobs/ID:cancel` is never read as a job named `ID:cancel`."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("plain", _Plain())
 STATUS = {NotFoundError: 404, ConflictError: 409, TooLarge: 413}
 
 
@@ -209,21 +223,21 @@ def create_app(service: Service) -> Starlette:
     routes = [
         Route("/v1/datasets", add_dataset, methods=["POST"]),
         Route("/v1/datasets", list_datasets, methods=["GET"]),
-        Route("/v1/datasets/{id}", get_dataset, methods=["GET"]),
+        Route("/v1/datasets/{id:plain}", get_dataset, methods=["GET"]),
         Route("/v1/jobs", add_job, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
-        Route("/v1/jobs/{id}:cancel", cancel_job, methods=["POST"]),
-        Route("/v1/jobs/{id}:resume", resume_job, methods=["POST"]),
-        Route("/v1/jobs/{id}/events", job_events, methods=["GET"]),
-        Route("/v1/jobs/{id}/log", job_log, methods=["GET"]),
-        Route("/v1/jobs/{id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{id:plain}:cancel", cancel_job, methods=["POST"]),
+        Route("/v1/jobs/{id:plain}:resume", resume_job, methods=["POST"]),
+        Route("/v1/jobs/{id:plain}/events", job_events, methods=["GET"]),
+        Route("/v1/jobs/{id:plain}/log", job_log, methods=["GET"]),
+        Route("/v1/jobs/{id:plain}", get_job, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{name}:predict", predict, methods=["POST"]),
-        Route("/v1/models/{name}/versions/{version}:predict", predict, methods=["POST"]),
-        Route("/v1/models/{name}/metadata", model_metadata, methods=["GET"]),
-        Route("/v1/models/{name}/versions/{version}/metadata", model_metadata, methods=["GET"]),
-        Route("/v1/models/{name}", model_status, methods=["GET"]),
-        Route("/v1/models/{name}/versions/{version}", model_status, methods=["GET"]),
+        Route("/v1/models/{name:plain}:predict", predict, methods=["POST"]),
+        Route("/v1/models/{name:plain}/versions/{version:plain}:predict", predict, methods=["POST"]),
+        Route("/v1/models/{name:plain}/metadata", model_metadata, methods=["GET"]),
+        Route("/v1/models/{name:plain}/versions/{version:plain}/metadata", model_metadata, methods=["GET"]),
+        Route("/v1/models/{name:plain}", model_status, methods=["GET"]),
+        Route("/v1/models/{name:plain}/versions/{version:plain}", model_status, methods=["GET"]),
     ]
 
     @asynccontextmanager
@@ -259,12 +273,22 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def read_json(request: Request, limit: int):
-    data = await read_body(request, limit)
+    return parse_json(await read_body(request, limit))
+
+
+def parse_json(data: bytes):
+    """JSON as the service takes it: no NaN or Infinity (not JSON, though Python reads them),
+    and nesting Python can follow."""
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError("the request body is not JSON", f"{len(data)} bytes",
+        return json.loads(data, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0][:80]
+        raise ConfigError("the request body is not JSON", f"{len(data):,} bytes: {why}",
                           "send a JSON object with Content-Type: application/json") from None
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def _unpack_and_check(s: Service, part: Path, dest: Path) -> dict:

@@ -78,18 +78,21 @@ def _write(members: Iterator[Member], folder: Path, limits: UnpackLimits, archiv
     files = written = declared = 0
     for name, is_folder, size, open_member in members:
         parts = _parts(name)
-        if is_folder or not parts or _junk(parts):
-            continue  # folders are made as their images need them, so no empty or junk ones
+        if is_folder or not parts:
+            continue  # folders are made as their images need them, so no empty ones
         path = "/".join(parts)
         if path in seen:
             raise DatasetError("the archive holds two files of the same name", path, TODO)
         seen.add(path)
+        # Every file counts, junk and skipped ones too: a tar is decompressed to pass over them.
         if len(seen) > limits.max_files:
             raise DatasetError(f"the archive holds more than {limits.max_files:,} files", path,
                                "send fewer files, or ask the operator to raise --max-upload-files")
-        declared += size  # skipped files count too: a tar is decompressed to pass over them
+        declared += size
         if declared > limits.max_bytes:
             raise _too_big(limits.max_bytes, f"{declared:,} bytes declared by its headers")
+        if _junk(parts):
+            continue  # macOS's and Windows' own files: not written, not listed
         hidden = any(p.startswith(".") for p in parts)
         if hidden or Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append(path)
@@ -165,6 +168,8 @@ def _parts(name: str) -> list[str]:
     drive = posix[1:2] == ":"  # C:\ or C: from Windows
     if "\0" in name or posix.startswith("/") or drive or ".." in parts:
         _refuse(name, "an absolute name or a `..` that leads out of its folder")
+    if any(len(p.encode(errors="surrogateescape")) > 255 for p in parts) or len(posix.encode(errors="surrogateescape")) > 1024:
+        _refuse(name[:80] + "...", "a name longer than a disk takes (255 bytes a part, 1,024 in all)")
     return parts
 
 

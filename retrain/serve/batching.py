@@ -34,17 +34,13 @@ class Predictor:
         self.batch_size, self.wait_s, self.loaded = batch_size, wait_ms / 1000, loaded
         self._models: OrderedDict[Path, _Batcher] = OrderedDict()
         self._lock = threading.Lock()
-        self._tf_ready = False
 
     def predict(self, folder: Path, images: list[bytes]) -> concurrent.futures.Future:
         """-> a future of the signature's outputs {name: array [len(images), ...]}."""
         return self._batcher(folder).submit(images)
 
     def _batcher(self, folder: Path) -> "_Batcher":
-        with self._lock:
-            if not self._tf_ready:
-                _size_thread_pools()
-                self._tf_ready = True
+        with self._lock:  # quick: TensorFlow loads in the batcher's own thread, not the event loop's
             batcher = self._models.pop(folder, None) or _Batcher(folder, self.batch_size, self.wait_s)
             self._models[folder] = batcher  # most recently used last
             while len(self._models) > self.loaded:
@@ -59,12 +55,21 @@ class Predictor:
             self._models.clear()
 
 
+_pools = threading.Lock()
+_pools_sized = False
+
+
 def _size_thread_pools() -> None:
+    """Once per process, before TensorFlow runs anything (it refuses later)."""
+    global _pools_sized
     import tensorflow as tf
 
-    cores = len(os.sched_getaffinity(0))
-    tf.config.threading.set_intra_op_parallelism_threads(cores)
-    tf.config.threading.set_inter_op_parallelism_threads(min(2, cores))
+    with _pools:
+        if not _pools_sized:
+            cores = len(os.sched_getaffinity(0))
+            tf.config.threading.set_intra_op_parallelism_threads(cores)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, cores))
+            _pools_sized = True
 
 
 class _Batcher:
@@ -91,6 +96,7 @@ class _Batcher:
         import tensorflow as tf
 
         try:
+            _size_thread_pools()
             self.signature = tf.saved_model.load(str(self.folder)).signatures["serving_default"]
         except Exception as err:  # every waiting request gets the reason; the thread ends
             log.exception("could not load %s", self.folder)

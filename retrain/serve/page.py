@@ -87,7 +87,7 @@ def routes(s) -> list:
             raise NotFoundError("the image is no longer there", path.name, "it was moved or deleted")
         return Response(path.read_bytes(), media_type=_image_type(path))
 
-    v = "/v1/models/{name}/versions/{version}"
+    v = "/v1/models/{name:plain}/versions/{version:plain}"
     return [
         Route("/", index, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

@@ -39,7 +39,7 @@ class PredictRequest:
 def parse(body: bytes) -> PredictRequest:
     try:
         request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ConfigError("the request body is not JSON", f"{len(body)} bytes", _FORM) from None
     if not isinstance(request, dict):
         raise ConfigError("the request body is not a JSON object", type(request).__name__, _FORM)

@@ -12,6 +12,8 @@ resolved: a spec must never become a way to read the server's files. No TensorFl
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 from pathlib import Path
 
@@ -59,20 +61,56 @@ def parse(spec: object, datasets, roots: tuple[Path, ...]) -> JobSpec:
         fit["weights"] = str(allowed(fit["weights"], roots, "weights"))
     if fit.get("init_from") is not None:
         fit["init_from"] = str(allowed(fit["init_from"], roots, "init_from"))
+    for name, value in fit.items():
+        _check_type(name, value)
     backbone = fit.get("backbone", FitConfig.backbone)
-    if isinstance(backbone, str) and backbone.startswith(HUB_PREFIX) and "://" not in backbone:
-        fit["backbone"] = HUB_PREFIX + str(allowed(backbone[len(HUB_PREFIX):], roots, "backbone"))
-    try:
-        config = FitConfig(**fit, data=data)
-    except TypeError as err:  # a value of the wrong JSON type that FitConfig's checks met first
-        raise ConfigError("a job setting has the wrong type", str(err).splitlines()[0],
-                          "send numbers as numbers and names as strings") from None
+    if backbone.startswith(HUB_PREFIX):
+        fit["backbone"] = HUB_PREFIX + _hub_handle(backbone[len(HUB_PREFIX):], roots)
+    config = FitConfig(**fit, data=data)
     if not config.backbone.startswith(HUB_PREFIX):
         backbone_spec = get_spec(config.backbone)
         check_alpha(backbone_spec, config.alpha, config.weights)
         check_weights(backbone_spec, config.weights)
         check_image_size(backbone_spec, config.image_size)
     return JobSpec(model, spec.get("dataset"), {**fit, "data": data})
+
+
+# The JSON types each FitConfig field takes, from its annotation.
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "tuple[str, ...]": (list, tuple)}
+
+
+def _check_type(name: str, value: object) -> None:
+    annotation = next(str(f.type) for f in dataclasses.fields(FitConfig) if f.name == name)
+    kinds = annotation.split(" | ")
+    if value is None and "None" in kinds:
+        return
+    wanted = tuple(t for kind in kinds for t in _TYPES.get(kind, ()))
+    ok = isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted)
+    if isinstance(value, (list, tuple)):
+        ok = ok and all(isinstance(v, str) for v in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        ok = False
+    if not ok:
+        raise ConfigError(f"`{name}` must be {' or '.join(_NAMES.get(k, k) for k in kinds)}",
+                          json.dumps(value)[:60], "send numbers as numbers, names as strings")
+
+
+_NAMES = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
+          "tuple[str, ...]": "a list of strings", "None": "null"}
+_REMOTE = ("http://", "https://", "gs://")  # hub handles fetched, not read from this disk
+
+
+def _hub_handle(handle: str, roots: tuple[Path, ...]) -> str:
+    """A `hub:` handle: a URL tensorflow_hub downloads, or a folder inside the roots (also
+    when given as file://)."""
+    if handle.startswith(_REMOTE):
+        return handle
+    if handle.startswith("file://"):
+        handle = handle[len("file://"):]
+    elif "://" in handle:
+        raise ConfigError("a hub handle is an http(s):// or gs:// URL or a folder", handle,
+                          "pass hub:https://... or hub:<folder under a --data-root>")
+    return str(allowed(handle, roots, "backbone"))
 
 
 def allowed(path: object, roots: tuple[Path, ...], setting: str) -> Path:
@@ -83,9 +121,11 @@ def allowed(path: object, roots: tuple[Path, ...], setting: str) -> Path:
     candidates = [Path(path)] if os.path.isabs(path) else [root / path for root in roots]
     for candidate in candidates:
         real = Path(os.path.realpath(candidate))
-        if any(real.is_relative_to(os.path.realpath(root)) for root in roots):
-            if real.exists() or candidate is candidates[-1]:
-                return real
+        inside = any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+        if inside and (real.exists() or candidate is candidates[-1]):
+            return real
+        if not inside and (candidate.exists() or candidate.is_symlink()):
+            break  # found, but it leads out (a symlink, `..`): refused, not looked for further
     raise ConfigError(f"`{setting}` names a path outside the folders this server may read", path,
                       "pass a path under one of the operator's --data-root folders, or upload the "
                       "images with POST /v1/datasets")

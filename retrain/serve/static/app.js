@@ -32,6 +32,11 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+/** node's children replaced by `children` (strings become text; null and false are left out). */
+function put(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 function heading(title, ...actions) {
   document.title = `${title} · retrain`;
   return el("div", { class: "heading" }, el("h1", { text: title }), ...actions);
@@ -280,9 +285,10 @@ function percent(job) {
 function phaseText(job) {
   const p = job.progress;
   if (job.evaluating && !FINAL.has(job.state)) return "evaluating and publishing";
+  if (job.state === "succeeded") return job.version == null ? "done" : `done: version ${job.version}`;
   if (!p) return job.state === "queued" ? "waiting to start" : "";
   const what = p.phase === 1 ? "new head" : "fine-tuning";
-  return `phase ${p.phase} (${what}), epoch ${p.epoch} of ${p.epochs}`;
+  return `${FINAL.has(job.state) ? "stopped in " : ""}phase ${p.phase} (${what}), epoch ${p.epoch} of ${p.epochs}`;
 }
 
 function etaText(job) {
@@ -376,7 +382,7 @@ function field(id, label, input, hint) {
 
 function definitionList(pairs) {
   return el("dl", { class: "facts" }, pairs.filter(([, v]) => v !== undefined && v !== null && v !== "")
-    .map(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
+    .flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
 }
 
 // --- views ------------------------------------------------------------------------------------
@@ -561,6 +567,12 @@ async function showJob(current, id) {
   current.cleanups.push(() => window.removeEventListener("resize", resize));
 }
 
+/** The smallest of 1, 2, 2.5, 5 times a power of ten that is at least `raw`: a tick step. */
+function niceStep(raw) {
+  const power = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 2.5, 5, 10].map((f) => f * power).find((step) => step >= raw);
+}
+
 /** Training loss and validation accuracy per epoch, drawn on two canvases from the progress
  *  events that end an epoch (step == steps); phase 1 blue circles, phase 2 orange squares. */
 class Curves {
@@ -600,7 +612,7 @@ class Curves {
   }
 
   draw() {
-    this.paint(this.loss, "loss", "loss", null, (v) => v.toPrecision(2));
+    this.paint(this.loss, "loss", "loss", null, (v) => String(Number(v.toPrecision(3))));
     this.paint(this.accuracy, "accuracy", "accuracy", 1, (v) => `${Math.round(v * 100)}%`);
   }
 
@@ -624,7 +636,9 @@ class Curves {
     const pad = { left: 50, right: 12, top: 10, bottom: 38 };
     const w = width - pad.left - pad.right;
     const h = height - pad.top - pad.bottom;
-    const top = fixedMax ?? Math.max(1e-3, ...points.map(([, p]) => p[key])) * 1.1;
+    const highest = Math.max(1e-3, ...points.map(([, p]) => p[key]));
+    const step = fixedMax ? fixedMax / 4 : niceStep(highest / 4);
+    const top = fixedMax ?? step * Math.ceil(highest / step);
     const last = Math.max(this.epochs, 2, ...points.map(([e]) => e));
     const x = (epoch) => pad.left + ((epoch - 1) / (last - 1)) * w;
     const y = (v) => pad.top + h - (Math.max(0, v) / top) * h;
@@ -634,8 +648,8 @@ class Curves {
     g.strokeStyle = grid;
     g.textAlign = "right";
     g.textBaseline = "middle";
-    for (let i = 0; i <= 4; i += 1) {
-      const v = (top * i) / 4;
+    for (let i = 0; i <= Math.round(top / step); i += 1) {
+      const v = step * i;
       g.beginPath();
       g.moveTo(pad.left, y(v));
       g.lineTo(pad.left + w, y(v));
@@ -797,7 +811,8 @@ async function showNew(current) {
     chosen = picked;
     renderReport(reportBox, picked.name, picked.report);
     if (!nameEdited) {
-      f.model.value = picked.name.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "").slice(0, 64) || "model";
+      f.model.value = picked.name.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "")
+        .replace(/-+$/, "").slice(0, 64) || "model";
     }
     trainNote.textContent = `Images: ${picked.name} (${picked.report.classes.length} classes).`;
     explainFreeze();
@@ -811,14 +826,26 @@ async function showNew(current) {
     return parts.join(" · ");
   };
   let cpu = "";
+  let measuring = false;
+  const backboneHint = () => {
+    const b = backbone();
+    const figures = b?.params != null && b.images_per_s != null
+      ? `${count(b.params)} parameters, ${Math.round(b.images_per_s)} images/s at ${b.native_size} px${cpu ? ` on ${cpu}` : ""}. `
+      : "";
+    fields.backbone.hint.textContent = `${figures}mobilenet_v2 at width 0.35 and 96 px is fast on a CPU`
+      + (measuring ? " (measuring each backbone's size and speed on this server…)" : ".");
+  };
   const showBackbones = (answer) => {
-    const selected = f.backbone.value;
+    const same = answer.backbones.map((b) => b.name).join() === backbones.map((b) => b.name).join();
     backbones = answer.backbones;
     cpu = answer.cpu ?? "";
-    f.backbone.replaceChildren(...backbones.map((b) => el("option", { value: b.name, text: describeBackbone(b) })));
-    f.backbone.value = backbones.some((b) => b.name === selected) ? selected : backbones[0]?.name;
-    fields.backbone.hint.textContent = "mobilenet_v2 at width 0.35 and 96 px is fast on a CPU"
-      + (answer.measuring ? "; measuring each one's speed on this server…" : cpu ? `; speeds measured on ${cpu}` : "");
+    measuring = answer.measuring;
+    if (same) { // new figures: the options keep their elements, and the selection stays as it is
+      backbones.forEach((b, i) => { f.backbone.options[i].textContent = describeBackbone(b); });
+    } else {
+      f.backbone.replaceChildren(...backbones.map((b) => el("option", { value: b.name, text: describeBackbone(b) })));
+    }
+    backboneHint();
   };
   const backboneChanged = () => {
     const b = backbone();
@@ -830,12 +857,13 @@ async function showNew(current) {
     f.image_size.min = b.min_size;
     f.image_size.value = Math.max(b.min_size, Math.min(b.native_size, 96));
     fields.image_size.hint.textContent = `native ${b.native_size} px, at least ${b.min_size}; smaller is faster`;
+    backboneHint();
     const points = b.freeze_points ?? [];
     f.freeze.replaceChildren(el("option", { value: "auto", text: "auto (chosen from the data)" }),
       el("option", { value: "all", text: "all: train the new head only" }),
       el("option", { value: "none", text: "none: fine-tune every layer" }),
       ...points.map((p) => el("option", { value: p, text: `fine-tune above ${p}` })));
-    const scratch = b.from_scratch === true;
+    const scratch = b.imagenet === false || b.from_scratch === true; // no ImageNet weights to start from
     f.weights.options[0].disabled = scratch;
     f.weights.value = scratch ? "none" : "imagenet";
     explainFreeze();
@@ -953,7 +981,7 @@ function renderReport(box, name, r) {
         items.length > shown.length ? el("li", { text: `…and ${items.length - shown.length} more` }) : null));
   };
   const clean = !r.skipped?.length && !r.unreadable?.length && !r.warnings?.length;
-  box.replaceChildren(
+  put(box,
     el("h2", {}, "Pre-flight report: ", el("span", { class: "dataset-name", text: name })),
     el("p", { text: `${r.classes.length} classes` + (r.files != null ? `, ${r.files} files` : "")
       + (r.layout ? `; layout: ${r.layout}` : "") }),
@@ -1053,7 +1081,7 @@ async function showVersion(current, name, version) {
     const rows = Object.entries(metrics.per_class ?? {});
     const number = (v) => el("td", { class: "num", text: typeof v === "number" ? v.toFixed(3) : "" });
     const topK = Object.entries(metrics.top_k_accuracy ?? {}).filter(([k]) => k !== "1");
-    perClass.replaceChildren(el("table", { id: "per-class" },
+    put(perClass, el("table", { id: "per-class" },
       el("thead", {}, el("tr", {}, ["class", "precision", "recall", "F1", "images"].map((c, i) =>
         el("th", { scope: "col", class: i ? "num" : "", text: c })))),
       el("tbody", {}, rows.map(([cls, v]) => el("tr", {}, el("th", { scope: "row", class: "class-name", text: cls }),
@@ -1062,7 +1090,7 @@ async function showVersion(current, name, version) {
   }).catch((err) => { if (err.name !== "AbortError") perClass.replaceChildren(el("p", { text: `No per-class figures: ${err.message}` })); });
   getJSON(`${base}/misclassified`, { signal: current.signal }).then(({ images }) => {
     if (!images.length) {
-      mistakes.append(el("p", { text: "None: every image of the held-out split was labelled right." }));
+      mistakes.replaceWith(el("p", { id: "misclassified", text: "None: every image of the held-out split was labelled right." }));
       return;
     }
     for (const image of images) {
@@ -1073,7 +1101,9 @@ async function showVersion(current, name, version) {
         el("br"), el("span", { class: "file", text: image.file.split("/").slice(-1)[0] }))));
       loadImage(img, `${base}/misclassified/${enc(image.index)}`, current).catch(() => {});
     }
-  }).catch((err) => { if (err.name !== "AbortError") mistakes.append(el("p", { text: `Not available: ${err.message}` })); });
+  }).catch((err) => {
+    if (err.name !== "AbortError") mistakes.replaceWith(el("p", { id: "misclassified", text: `Not available: ${err.message}` }));
+  });
 }
 
 // --- #/try/<name>/<version> -------------------------------------------------------------------
@@ -1102,7 +1132,7 @@ async function showTry(current, name, version) {
       const instances = await Promise.all(images.map(async (file) => ({ b64: await base64(file) })));
       const { predictions } = await getJSON(`${base}:predict`, { json: { instances }, signal: current.signal });
       predictions.forEach((p, i) => {
-        cards[i].replaceChildren(...p.classes.map((label, k) => el("li", { class: k ? "" : "top" },
+        cards[i].replaceChildren(...p.classes.map((label, k) => el("li", { class: k ? "" : "best" },
           el("span", { class: "label", text: label }),
           el("span", { class: "meter", "aria-hidden": "true" }, el("span", { class: "fill", style: `width:${(p.scores[k] * 100).toFixed(1)}%` })),
           el("span", { class: "score", text: pct(p.scores[k]) }))));
