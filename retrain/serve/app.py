@@ -246,6 +246,7 @@ def create_app(service: Service) -> Starlette:
         yield
         s.scheduler.stop()
         s.predictor.close()
+        s.catalog.stop()
 
     from retrain.serve import page
 

@@ -56,6 +56,12 @@ class Catalog:
         return {"backbones": rows, "cpu": (measured or {}).get("cpu", cpu_name()),
                 "measuring": not (measured or {}).get("complete") and running}
 
+    def stop(self) -> None:
+        """End a measurement still running (the server is stopping; the next one starts over)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
     def _measured(self) -> dict | None:
         try:
             table = json.loads(self.path.read_text())

@@ -454,12 +454,14 @@ async function showJobs(current) {
 function jobRow(job) {
   const state = el("span");
   const bar = progressBar(`job ${job.id} progress`);
-  const phase = el("td", { class: "phase" });
-  const eta = el("td", { class: "eta" });
+  // data-label: a narrow screen shows each row as a card, each value after its column's name
+  const phase = el("td", { class: "phase", "data-label": "Phase" });
+  const eta = el("td", { class: "eta", "data-label": "ETA" });
   const tr = el("tr", { dataset: { job: job.id } },
-    el("td", {}, el("a", { href: `#/jobs/${enc(job.id)}`, text: job.id })),
-    el("td", { text: job.model }), el("td", {}, state), el("td", {}, bar.node), phase, eta,
-    el("td", { text: when(job.created) }));
+    el("td", { "data-label": "Job" }, el("a", { href: `#/jobs/${enc(job.id)}`, text: job.id })),
+    el("td", { "data-label": "Model", text: job.model }), el("td", { "data-label": "State" }, state),
+    el("td", { "data-label": "Progress" }, bar.node), phase, eta,
+    el("td", { "data-label": "Created", text: when(job.created) }));
   return {
     tr,
     update(j) {
@@ -504,8 +506,8 @@ async function showJob(current, id) {
   const render = () => {
     stateBadge(state, job.state);
     bar.set(percent(job));
-    phase.textContent = phaseText(job);
-    eta.textContent = etaText(job) ? `· about ${etaText(job)} left` : "";
+    phase.textContent = job.state === "succeeded" ? "" : phaseText(job); // the line below says it
+    eta.textContent = etaText(job) ? `· about ${duration(job.progress.eta_s)} left in phase ${job.progress.phase}` : "";
     note.textContent = job.note ?? "";
     note.hidden = !job.note || FINAL.has(job.state);
     failure.textContent = job.error ? `The job failed: ${job.error}` : "";
@@ -730,7 +732,7 @@ async function showNew(current) {
     const folders = data.roots.flatMap((r) => r.folders.map((f) => ({ path: `${r.root}/${f}`, folder: f, root: r.root })));
     if (folders.length) {
       const pick = el("select", {}, folders.map((f) => el("option", { value: f.path, text: `${f.folder}  (${f.root})` })));
-      const check = el("button", { type: "button", class: "secondary", text: "Check this folder" });
+      const check = el("button", { type: "button", class: "secondary", id: "check-folder", text: "Check this folder" });
       check.addEventListener("click", async () => {
         const folder = folders[pick.selectedIndex];
         hideError();
@@ -751,7 +753,7 @@ async function showNew(current) {
       const pick = el("select", {}, list.map((d) => el("option", {
         value: d.id, text: `${d.name} · ${d.classes.length} classes · ${d.files} files · ${when(d.created)}`,
       })));
-      const use = el("button", { type: "button", class: "secondary", text: "Use this upload" });
+      const use = el("button", { type: "button", class: "secondary", id: "use-upload", text: "Use this upload" });
       use.addEventListener("click", () => {
         const d = list[pick.selectedIndex];
         choose({ id: d.id, name: d.name, report: d });
@@ -772,7 +774,7 @@ async function showNew(current) {
     freeze: el("select", {}),
     epochs: el("input", { type: "number", min: 0, step: 1, value: 5, required: true }),
     fine_tune_epochs: el("input", { type: "number", min: 0, step: 1, value: 5, required: true }),
-    time_budget: el("input", { type: "text", placeholder: "e.g. 15m", autocomplete: "off", pattern: "\\s*\\d+(\\.\\d+)?\\s*[smhd]?\\s*" }),
+    time_budget: el("input", { type: "text", placeholder: "e.g. 15m", autocomplete: "off" }),
     batch_size: el("input", { type: "number", min: 1, step: 1, placeholder: "64" }),
     learning_rate: el("input", { type: "number", min: 0, step: "any", placeholder: "automatic" }),
     fine_tune_learning_rate: el("input", { type: "number", min: 0, step: "any", placeholder: "0.0002" }),
@@ -788,7 +790,7 @@ async function showNew(current) {
     epochs: field("f-epochs", "Epochs, phase 1 (new head)", f.epochs),
     fine_tune_epochs: field("f-fine-tune-epochs", "Epochs, phase 2 (fine-tuning)", f.fine_tune_epochs),
     time_budget: field("f-time-budget", "Time budget", f.time_budget,
-      "optional: phase 2 runs as many epochs as fit in this time (30m, 1h)"),
+      "optional: phase 2 runs as many epochs as fit in this time (90s, 30m, 1.5h)"),
     batch_size: field("f-batch-size", "Batch size", f.batch_size),
     learning_rate: field("f-learning-rate", "Learning rate, phase 1", f.learning_rate),
     fine_tune_learning_rate: field("f-fine-tune-learning-rate", "Learning rate, phase 2", f.fine_tune_learning_rate),
@@ -885,7 +887,9 @@ async function showNew(current) {
         if (asked !== freezeAsked) return;
         const pick = answer.freeze === "all" ? "train the new head only"
           : answer.freeze === "none" ? "fine-tune every layer" : `fine-tune above ${answer.freeze}`;
-        hint.textContent = `Auto will ${pick}: ${answer.why}`;
+        hint.textContent = `Auto will ${pick}: ${answer.why}`
+          + (answer.freeze === "all" && f.weights.value === "none"
+            ? ". Without pretrained weights the frozen backbone stays random: choose none to train it." : "");
       } catch (err) {
         if (asked === freezeAsked && err.name !== "AbortError") hint.textContent = `Auto picks from the data (the server could not say what: ${err.message})`;
       }
@@ -893,6 +897,7 @@ async function showNew(current) {
   };
   f.backbone.addEventListener("change", backboneChanged);
   f.freeze.addEventListener("change", explainFreeze);
+  f.weights.addEventListener("change", explainFreeze);
 
   const loadBackbones = async () => {
     const answer = await getJSON("/v1/backbones", { signal });
@@ -1079,7 +1084,7 @@ async function showVersion(current, name, version) {
   });
   getJSON(`${base}/files/metrics.json`, { signal: current.signal }).then((metrics) => {
     const rows = Object.entries(metrics.per_class ?? {});
-    const number = (v) => el("td", { class: "num", text: typeof v === "number" ? v.toFixed(3) : "" });
+    const number = (v) => el("td", { class: "num", text: typeof v === "number" ? v.toFixed(2) : "" });
     const topK = Object.entries(metrics.top_k_accuracy ?? {}).filter(([k]) => k !== "1");
     put(perClass, el("table", { id: "per-class" },
       el("thead", {}, el("tr", {}, ["class", "precision", "recall", "F1", "images"].map((c, i) =>
@@ -1119,15 +1124,17 @@ async function showTry(current, name, version) {
       showError(`Not an image: ${files.map((file) => file.name).join(", ")} (send JPEG, PNG, GIF or BMP files)`);
       return;
     }
+    const shown = [];
     const cards = images.map((file) => {
       const url = URL.createObjectURL(file);
       current.cleanups.push(() => URL.revokeObjectURL(url));
       const answer = el("ol", { class: "top5", "aria-label": `top labels for ${file.name}` }, el("li", { text: "…" }));
       const card = el("figure", { class: "result" }, el("img", { src: url, alt: file.name, class: "shot" }),
         el("figcaption", {}, el("span", { class: "file", text: file.name }), answer));
-      results.prepend(card);
+      shown.push(card);
       return answer;
     });
+    results.prepend(...shown); // the newest batch first, in the order it was chosen
     try {
       const instances = await Promise.all(images.map(async (file) => ({ b64: await base64(file) })));
       const { predictions } = await getJSON(`${base}:predict`, { json: { instances }, signal: current.signal });
@@ -1197,12 +1204,13 @@ function route(moveFocus) {
     else link.removeAttribute("aria-current");
   }
   main.replaceChildren();
+  window.scrollTo(0, 0);
   main.setAttribute("aria-busy", "true");
   const args = hash.match(pattern).slice(1).map(decodeURIComponent);
   show(current, ...args).catch(report).finally(() => {
     if (current.signal.aborted) return;
     main.removeAttribute("aria-busy");
-    if (moveFocus) main.focus({ preventScroll: false });
+    if (moveFocus) main.focus({ preventScroll: true }); // a screen reader starts at the new page
   });
 }
 
