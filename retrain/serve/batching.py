@@ -1,12 +1,14 @@
 """Predictions: model versions loaded lazily into a small LRU cache, and concurrent requests
 grouped into batches.
 
-Each loaded version has one thread that takes requests from a queue: it waits for the first,
-then gathers more until the batch holds --batch-size images or --batch-wait-ms have passed,
-and runs them through the SavedModel's `serving_default` at once (TF Serving's batching, in
-small). A batch whose run fails (an image the graph cannot decode despite rest.py's check)
+Each loaded version has two threads that take requests from a queue: each waits for a first
+request, then gathers more until the batch holds --batch-size images, or --batch-wait-ms
+have passed, or no other request is on its way (a lone request does not wait), and runs them
+through the SavedModel's `serving_default` at once (TF Serving's batching, in small). Two,
+because a batch of the few images that concurrent clients make keeps one core busy. A batch whose run fails (an image the graph cannot decode despite rest.py's check)
 is run again request by request, so one bad image fails only its own request.
-TensorFlow's thread pools are sized to the cores before the first model loads.
+TensorFlow's thread pools are sized to the cores before the first model loads: each running
+batch gets its share of them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from retrain.errors import ConfigError
 log = logging.getLogger("retrain.serve")
 
 
+RUNNERS = 2  # batches run at once: a small batch keeps about one core busy, so two overlap
+
+
 class Predictor:
     """name/version folder -> batched predictions; at most `loaded` versions in memory."""
 
@@ -34,6 +39,7 @@ class Predictor:
         self.batch_size, self.wait_s, self.loaded = batch_size, wait_ms / 1000, loaded
         self._models: OrderedDict[Path, _Batcher] = OrderedDict()
         self._lock = threading.Lock()
+        self.arriving = 0  # predict requests read but not yet submitted (the routes count them)
 
     def predict(self, folder: Path, images: list[bytes]) -> concurrent.futures.Future:
         """-> a future of the signature's outputs {name: array [len(images), ...]}."""
@@ -41,7 +47,8 @@ class Predictor:
 
     def _batcher(self, folder: Path) -> "_Batcher":
         with self._lock:  # quick: TensorFlow loads in the batcher's own thread, not the event loop's
-            batcher = self._models.pop(folder, None) or _Batcher(folder, self.batch_size, self.wait_s)
+            batcher = self._models.pop(folder, None) or _Batcher(folder, self.batch_size, self.wait_s,
+                                                                 lambda: self.arriving > 0)
             self._models[folder] = batcher  # most recently used last
             while len(self._models) > self.loaded:
                 _, old = self._models.popitem(last=False)
@@ -67,22 +74,29 @@ def _size_thread_pools() -> None:
     with _pools:
         if not _pools_sized:
             cores = len(os.sched_getaffinity(0))
-            tf.config.threading.set_intra_op_parallelism_threads(cores)
+            # Each of the RUNNERS batches gets its share of the cores: two small batches on one
+            # core each went 1.17 x faster than both fighting over both (bench/serve_speed.py).
+            tf.config.threading.set_intra_op_parallelism_threads(max(1, cores // RUNNERS))
             tf.config.threading.set_inter_op_parallelism_threads(min(2, cores))
             _pools_sized = True
 
 
 class _Batcher:
-    """One loaded version and the thread that runs its batches."""
+    """One loaded version and the threads that run its batches. A batch waits for more
+    requests only while others are on their way (`more_coming`), and at most wait_s: a lone
+    request runs at once."""
 
-    def __init__(self, folder: Path, batch_size: int, wait_s: float):
-        self.folder, self.batch_size, self.wait_s = folder, batch_size, wait_s
+    def __init__(self, folder: Path, batch_size: int, wait_s: float, more_coming):
+        self.folder, self.batch_size, self.wait_s, self.more_coming = folder, batch_size, wait_s, more_coming
         self.requests: queue.Queue = queue.Queue()
         self.signature = None
         self.loaded = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"batcher {folder.parent.name}/{folder.name}",
-                                       daemon=True)
-        self.thread.start()
+        self.failed: Exception | None = None
+        self.threads = [threading.Thread(target=self._run, daemon=True,
+                                         name=f"batcher {folder.parent.name}/{folder.name} {i}")
+                        for i in range(RUNNERS)]
+        for thread in self.threads:
+            thread.start()
 
     def submit(self, images: list[bytes]) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -90,24 +104,36 @@ class _Batcher:
         return future
 
     def close(self) -> None:
-        self.requests.put(None)
+        for _ in self.threads:
+            self.requests.put(None)
 
     def _run(self) -> None:
-        import tensorflow as tf
-
-        try:
-            _size_thread_pools()
-            self.signature = tf.saved_model.load(str(self.folder)).signatures["serving_default"]
-        except Exception as err:  # every waiting request gets the reason; the thread ends
-            log.exception("could not load %s", self.folder)
-            self._fail_all(ConfigError("the model version could not be loaded", str(self.folder),
-                                       f"re-publish it ({type(err).__name__})"))
+        if not self._load():
+            self._fail_all()
             return
         while True:
             batch = self._gather()
             if batch is None:
                 return
             self._run_batch(batch)
+
+    def _load(self) -> bool:
+        """Load the SavedModel once (the first thread does; the others wait); -> loaded."""
+        import tensorflow as tf
+
+        if self.threads[0] is not threading.current_thread():
+            self.loaded.wait()
+            return self.failed is None
+        try:
+            _size_thread_pools()
+            self.signature = tf.saved_model.load(str(self.folder)).signatures["serving_default"]
+        except Exception as err:  # every waiting request gets the reason; the threads end
+            log.exception("could not load %s", self.folder)
+            self.failed = ConfigError("the model version could not be loaded", str(self.folder),
+                                      f"re-publish it ({type(err).__name__})")
+        finally:
+            self.loaded.set()
+        return self.failed is None
 
     def _gather(self) -> list | None:
         first = self.requests.get()
@@ -117,9 +143,13 @@ class _Batcher:
         deadline = time.monotonic() + self.wait_s
         while count < self.batch_size:
             try:
-                item = self.requests.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self.requests.get_nowait()
             except queue.Empty:
-                break
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.more_coming():
+                    break
+                time.sleep(min(left, 0.0005))
+                continue
             if item is None:
                 self.requests.put(None)  # close after this batch
                 break
@@ -154,9 +184,9 @@ class _Batcher:
 
         return {k: v.numpy() for k, v in self.signature(image_bytes=tf.constant(images, tf.string)).items()}
 
-    def _fail_all(self, err: Exception) -> None:
+    def _fail_all(self) -> None:
         while True:
             item = self.requests.get()
             if item is None:
                 return
-            item[1].set_exception(err)
+            item[1].set_exception(self.failed)
