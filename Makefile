@@ -8,6 +8,9 @@ CIFAR_MD5 ?=
 WEIGHTS ?= imagenet
 DEMO_FIT_FLAGS ?= --backbone mobilenet_v2 --alpha 0.35 --image-size 96
 PYTEST_FLAGS ?=
+# Two pytest processes (pytest-xdist), each test file in one of them (its module fixtures
+# made once): most tests wait on process starts and Python, not on both cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test
 setup: $(VENV)/.installed
@@ -23,4 +26,4 @@ demo: setup
 	$(BIN)/retrain fit --data data/cifar10 $(DEMO_FIT_FLAGS) --weights $(WEIGHTS)
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_FLAGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_FLAGS)

@@ -108,8 +108,13 @@ def test_predict_speaks_tf_serving_forms(served, first_job):
 
 def test_second_job_publishes_version_2_and_both_answer(served, first_job):
     server, dataset, folder = served
-    done = server.wait(server.submit(dataset["id"], seed=1))
+    second = server.submit(dataset["id"], seed=1)
+    third = server.submit(dataset["id"], model="after", epochs=1, fine_tune_epochs=0)
+    assert server.get(f"/v1/jobs/{third}")[1]["state"] == "queued"  # --max-jobs 1: one at a time, FIFO
+    done = server.wait(second)
     assert done["state"] == "succeeded" and done["version"] == 2
+    after = server.wait(third)
+    assert after["state"] == "succeeded" and after["started"] >= done["finished"]
     status, models = server.get("/v1/models")
     assert {"name": "colours", "versions": ["1", "2"]} in models["models"]
     status, answer = server.get("/v1/models/colours")
