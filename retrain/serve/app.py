@@ -91,12 +91,6 @@ class Service:
 def create_app(service: Service) -> Starlette:
     s = service
 
-    async def body(request: Request, limit: int) -> bytes:
-        return await read_body(request, limit)
-
-    async def json_body(request: Request):
-        return await read_json(request, s.config.size("max_request"))
-
     # --- datasets -----------------------------------------------------------------------------
 
     async def add_dataset(request: Request):
@@ -135,7 +129,7 @@ def create_app(service: Service) -> Starlette:
     # --- jobs ---------------------------------------------------------------------------------
 
     async def add_job(request: Request):
-        spec = specs.parse(await json_body(request), s.store.dataset, s.roots)
+        spec = specs.parse(await read_json(request, s.config.size("max_request")), s.store.dataset, s.roots)
         if spec.dataset is None:  # a data-root folder: refused now, as fit would refuse it
             from retrain.data import load_folders
 
@@ -219,7 +213,7 @@ def create_app(service: Service) -> Starlette:
         _, folder = registry.resolve(s.home.models, name, request.path_params.get("version"))
         s.predictor.arriving += 1  # a batch being gathered waits for this one
         try:
-            data = await body(request, s.config.size("max_request"))
+            data = await read_body(request, s.config.size("max_request"))
             # A small body parses in a fraction of a millisecond: less than a hand-off to a thread.
             parsed = rest.parse(data) if len(data) < INLINE_PARSE else await run_in_threadpool(rest.parse, data)
             future = s.predictor.predict(folder, parsed.images)
