@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import WEIGHTS  # noqa: E402
+from retrain.machine import cpu_model  # noqa: E402
 
 PARTS = ("kill", "disk", "badfiles")
 TIMEOUT = 600  # seconds any one command may take before it counts as a hang
@@ -120,15 +121,6 @@ def retrain(args: list[str], log: Path, kill_at: str | None = None, kill_after: 
         f.seek(start)
         return code, f.read().decode("utf-8", "replace")
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 # --- kill ------------------------------------------------------------------------------------

@@ -27,26 +27,12 @@ from pathlib import Path
 
 from common import WEIGHTS, cifar_jpegs, subset
 
+from retrain.machine import cpu_model
+
 REFERENCE = ("measured 2026-11-23, Intel Xeon (AVX-512), all of CIFAR-10, 2 + 4 epochs: "
              "0.711 test frozen, 0.809 fine-tuned, ~12.6 min of training")
 BATCH_SIZE = 64  # the guide's
 SEED = 1337  # the guide's; fixes the validation split and the shuffling
-
-
-def cpu_model() -> str:
-    """/proc/cpuinfo's model name, its widest AVX and the core count."""
-    name, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name == "unknown CPU":
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    avx = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name} ({avx}, {os.cpu_count()} cores)"
 
 
 def datasets(train_dir: Path, test_dir: Path, image_size: int):

@@ -41,13 +41,9 @@ from pathlib import Path
 
 from common import WEIGHTS, cifar_jpegs, subset
 
+from retrain.machine import cpu_model
+
 MODEL = "cifar"  # the data folder under the data root, and the model's name
-
-
-def cpu_name() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]
-    return names[0] if names else "unknown CPU"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -277,13 +273,13 @@ def main() -> None:
     flags = ["--batch-size", str(args.batch_size), *shlex.split(args.serve_args)]
     try:
         data_root, weights, files = stage(args, tmp)
-        print(f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}; "
+        print(f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}; "
               f"MobileNetV2 0.35 at {args.image_size} px, CIFAR-10 {args.per_class} train + {args.val_per_class} "
               f"validation a class, {args.epochs} + {args.fine_tune_epochs} epochs; {len(files)} test images "
               f"predicted; serve flags: {' '.join(flags)}")
         job_ratio = walls(args, tmp, data_root, weights, flags, servers)
         http_ratio, p50, p99 = predict_speed(args, servers[-1], files)
-        print(f"\n{'figure':<44}{'value':>8}  target  result  ({cpu_name()}, load average {os.getloadavg()[0]:.1f})")
+        print(f"\n{'figure':<44}{'value':>8}  target  result  ({cpu_model()}, load average {os.getloadavg()[0]:.1f})")
         for name, value, target, ok in (
                 ("job wall / CLI fit + export", job_ratio, "<= 1.1", job_ratio <= 1.1),
                 (f"HTTP {args.clients} clients / in-process img/s", http_ratio, ">= 0.7", http_ratio >= 0.7),

@@ -99,17 +99,9 @@ def create_app(service: Service) -> Starlette:
         part = s.home.uploads / f"{id}.part"
         limit = s.config.size("max_upload")
         try:
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise TooLarge("the archive is too large", f"{int(declared):,} bytes",
-                               f"send at most {limit:,} bytes, or ask the operator to raise --max-upload")
-            size = 0
             with open(part, "wb") as out:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise TooLarge("the archive is too large", f"more than {limit:,} bytes",
-                                       f"send at most {limit:,} bytes, or ask the operator to raise --max-upload")
+                async for chunk in body_chunks(request, limit, "the archive is too large",
+                                               "or ask the operator to raise --max-upload"):
                     out.write(chunk)
             report = await run_in_threadpool(_unpack_and_check, s, part, s.home.datasets / id)
         finally:
@@ -259,20 +251,24 @@ def create_app(service: Service) -> Starlette:
     return app
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused (413) past `limit` bytes: by its Content-Length at once,
-    else as it arrives."""
+async def body_chunks(request: Request, limit: int, what: str = "the request body is too large",
+                      also: str = ""):
+    """The request's body as it arrives, refused (413) past `limit` bytes: by its
+    Content-Length at once, else when the bytes pass it."""
+    todo = f"send at most {limit:,} bytes" + (f", {also}" if also else "")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise TooLarge("the request body is too large", f"{int(declared):,} bytes", f"send at most {limit:,} bytes")
-    chunks, size = [], 0
+        raise TooLarge(what, f"{int(declared):,} bytes", todo)
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge("the request body is too large", f"more than {limit:,} bytes",
-                           f"send at most {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise TooLarge(what, f"more than {limit:,} bytes", todo)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in body_chunks(request, limit)])
 
 
 async def read_json(request: Request, limit: int):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -21,18 +20,9 @@ from pathlib import Path
 from retrain import __version__
 from retrain.backbones import REGISTRY
 from retrain.files import atomic_write
+from retrain.machine import cpu_model
 
 BATCH = 8
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {len(os.sched_getaffinity(0))} cores"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Catalog:
@@ -53,7 +43,7 @@ class Catalog:
                  "freeze_points": list(s.freeze_points), "imagenet": not (s.from_scratch or s.builder == "tiny_cnn"),
                  **figures.get(s.name, {"params": None, "images_per_s": None})} for s in REGISTRY.values()]
         running = self._proc is not None and self._proc.poll() is None
-        return {"backbones": rows, "cpu": (measured or {}).get("cpu", cpu_name()),
+        return {"backbones": rows, "cpu": (measured or {}).get("cpu", cpu_model()),
                 "measuring": not (measured or {}).get("complete") and running}
 
     def stop(self) -> None:
@@ -89,7 +79,7 @@ def measure(path: Path) -> None:
         figures[spec.name] = {"params": int(model.count_params()),
                               "images_per_s": round(calls * BATCH / (time.perf_counter() - start), 1)}
         complete = len(figures) == len(REGISTRY)  # written after each one: the page fills in as they come
-        atomic_write(path, json.dumps({"version": __version__, "cpu": cpu_name(), "measured": time.time(),
+        atomic_write(path, json.dumps({"version": __version__, "cpu": cpu_model(), "measured": time.time(),
                                        "complete": complete, "backbones": figures}, indent=2))
 
 
