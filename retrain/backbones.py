@@ -137,15 +137,18 @@ AUTO_HEAD_ONLY_BELOW = 100  # fewer: fine-tuning would overfit; train the head o
 AUTO_MOST_FROM = 1000  # this many or more: fine-tune most of the network
 
 
-def auto_freeze(spec: BackboneSpec, min_per_class: int) -> tuple[str, str]:
+def auto_freeze(spec: BackboneSpec, min_per_class: int, weights: str = "imagenet") -> tuple[str, str]:
     """--freeze auto: from the smallest class's training images to a freeze point, and why.
 
     Few images: only the head trains on frozen features (fine-tuning would overfit them).
     More: the top block(s) fine-tune too. Many: most of the network fine-tunes, the stem
-    and early blocks (generic edges and textures) stay frozen.
+    and early blocks (generic edges and textures) stay frozen. Without pretrained weights
+    nothing is worth freezing: a frozen random backbone only hides the images from the head.
     """
     if spec.from_scratch:
         return "none", f"{spec.name} trains from scratch: every layer trains from the first epoch"
+    if weights == "none":
+        return "none", "--weights none: no layer is pretrained, so every layer trains"
     if spec.auto_points is None:
         return "all", f"{spec.name} has no named blocks; the head trains on frozen features"
     medium, large = spec.auto_points

@@ -212,11 +212,11 @@ def _features_above(model: keras.Model, backbone: keras.Model, boundary: int):
 
 
 def resolve_freeze(freeze: str, spec: BackboneSpec, layer_names: list[str],
-                   min_per_class: int) -> tuple[int, str]:
+                   min_per_class: int, weights: str = "imagenet") -> tuple[int, str]:
     """-> (how many backbone layers, in Keras order, stay frozen; why)."""
     why = ""
     if freeze == "auto":
-        freeze, why = auto_freeze(spec, min_per_class)
+        freeze, why = auto_freeze(spec, min_per_class, weights)
     total = len(layer_names)
     if freeze == "all":
         return total, why or "--freeze all: the head trains on frozen features"

@@ -154,7 +154,7 @@ def _train(config: FitConfig, resume: bool, run: Path, out: Path, dist, spec, al
         layer_names = [layer.name for layer in backbone.layers]
         if not resume:
             count, why = models.resolve_freeze(config.freeze, spec, layer_names,
-                                               int(data.train.counts(data.num_classes).min()))
+                                               int(data.train.counts(data.num_classes).min()), config.weights)
             facts = {"image_size": image_size, "freeze_layers": count, "freeze_reason": why,
                      "backbone_layers": len(layer_names), "num_classes": data.num_classes,
                      "channels": channels,

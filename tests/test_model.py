@@ -82,6 +82,14 @@ def test_resolve_freeze_auto_thresholds(tiny_names, smallest, expected):
     assert f"{smallest} training images" in why
 
 
+@pytest.mark.parametrize("smallest", [5, 10 * AUTO_MOST_FROM])
+def test_resolve_freeze_auto_without_pretrained_weights_trains_everything(tiny_names, smallest):
+    """--weights none: a frozen random backbone would only hide the images from the head."""
+    count, why = resolve_freeze("auto", TINY, tiny_names, smallest, weights="none")
+    assert count == 0 and "--weights none" in why
+    assert resolve_freeze("auto", TINY, tiny_names, smallest, weights="imagenet")[0] > 0
+
+
 def test_resolve_freeze_auto_on_hub_is_head_only():
     """A hub module has no named blocks: auto trains the head only, whatever the data size."""
     spec = get_spec("hub:/nowhere")

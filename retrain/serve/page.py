@@ -4,7 +4,7 @@ published version's files and misclassified images.
 
     GET  /, /static/{file}                        the page (no token: it holds no secret)
     GET  /v1/backbones                            catalog.py's table
-    GET  /v1/freeze?backbone=B&dataset=ID|data=F  {"freeze", "why"}
+    GET  /v1/freeze?backbone=B&dataset=ID|data=F[&weights=none]  {"freeze", "why"}
     GET  /v1/data                                 {"roots": [{"root", "folders"}]}
     POST /v1/data/check {"data": F}               a data-root folder's check report
     GET  /v1/models/{name}/versions/{v}/files/{file}
@@ -46,7 +46,7 @@ def routes(s) -> list:
     async def freeze(request: Request):
         spec = get_spec(request.query_params.get("backbone", "mobilenet_v2"))
         counts = await run_in_threadpool(_train_counts, s, request.query_params)
-        choice, why = auto_freeze(spec, min(counts.values()))
+        choice, why = auto_freeze(spec, min(counts.values()), request.query_params.get("weights", "imagenet"))
         return JSONResponse({"freeze": choice, "why": why})
 
     async def data_roots(request: Request):

@@ -883,13 +883,11 @@ async function showNew(current) {
       hint.textContent = "Asking what auto picks for these images…";
       const where = chosen.id ? `dataset=${enc(chosen.id)}` : `data=${enc(chosen.path)}`;
       try {
-        const answer = await getJSON(`/v1/freeze?backbone=${enc(f.backbone.value)}&${where}`, { signal });
+        const answer = await getJSON(`/v1/freeze?backbone=${enc(f.backbone.value)}&weights=${enc(f.weights.value)}&${where}`, { signal });
         if (asked !== freezeAsked) return;
         const pick = answer.freeze === "all" ? "train the new head only"
           : answer.freeze === "none" ? "fine-tune every layer" : `fine-tune above ${answer.freeze}`;
-        hint.textContent = `Auto will ${pick}: ${answer.why}`
-          + (answer.freeze === "all" && f.weights.value === "none"
-            ? ". Without pretrained weights the frozen backbone stays random: choose none to train it." : "");
+        hint.textContent = `Auto will ${pick}: ${answer.why}`;
       } catch (err) {
         if (asked === freezeAsked && err.name !== "AbortError") hint.textContent = `Auto picks from the data (the server could not say what: ${err.message})`;
       }
