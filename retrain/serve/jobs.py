@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from retrain.errors import ConflictError, NotFoundError
-from retrain.files import is_locked
+from retrain.files import atomic_write, is_locked
 from retrain.serve import events
 from retrain.serve.home import Home, JobFolder
 from retrain.serve.specs import JobSpec
@@ -70,9 +70,9 @@ class Scheduler:
         id = secrets.token_hex(6)
         folder = self.home.job(id)
         folder.path.mkdir(parents=True)
-        folder.settings.write_text(json.dumps({"id": id, "model": spec.model, "models": str(self.home.models),
-                                               "fit": spec.fit}, indent=2))
-        job = self.store.add_job(id, spec.model, spec.fit, spec.fit, spec.dataset)
+        atomic_write(folder.settings, json.dumps({"id": id, "model": spec.model, "models": str(self.home.models),
+                                                  "fit": spec.fit}, indent=2))
+        job = self.store.add_job(id, spec.model, spec.fit, spec.dataset)
         events.append(folder.events, "state", state="queued")
         return job
 

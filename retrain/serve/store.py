@@ -24,12 +24,12 @@ CREATE TABLE IF NOT EXISTS datasets (
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, model TEXT NOT NULL,
-    state TEXT NOT NULL, spec TEXT NOT NULL, settings TEXT NOT NULL, dataset TEXT,
+    state TEXT NOT NULL, settings TEXT NOT NULL, dataset TEXT,
     pid INTEGER, attempts INTEGER NOT NULL DEFAULT 0, error TEXT, progress TEXT,
     version INTEGER, metrics TEXT, created REAL NOT NULL, started REAL, finished REAL,
     events_from INTEGER NOT NULL DEFAULT 0);  -- where this attempt's events begin in events.jsonl
 """
-_JSON = ("report", "spec", "settings", "progress", "metrics")
+_JSON = ("report", "settings", "progress", "metrics")
 
 
 class Store:
@@ -70,10 +70,9 @@ class Store:
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    def add_job(self, id: str, model: str, spec: dict, settings: dict, dataset: str | None) -> dict:
-        self._write("INSERT INTO jobs (id, model, state, spec, settings, dataset, created) "
-                    "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                    (id, model, json.dumps(spec), json.dumps(settings), dataset, time.time()))
+    def add_job(self, id: str, model: str, settings: dict, dataset: str | None) -> dict:
+        self._write("INSERT INTO jobs (id, model, state, settings, dataset, created) "
+                    "VALUES (?, ?, 'queued', ?, ?, ?)", (id, model, json.dumps(settings), dataset, time.time()))
         return self.job(id)
 
     def job(self, id: str) -> dict | None:
